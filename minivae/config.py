@@ -1,0 +1,49 @@
+"""One config dataclass: stored in every checkpoint, rebuilt from it on load."""
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from .errors import MinivaeError
+
+
+@dataclass
+class Config:
+    dataset: str = "mnist"
+    data_dim: int = 784
+    likelihood: str = "bernoulli"  # bernoulli (binarized images) | gaussian (linear-Gaussian tests)
+    obs_std: float = 1.0           # std of the Gaussian likelihood
+    q: str = "ffg"                 # ffg | fullcov | flow
+    latent: int = 50
+    enc_hidden: int = 200
+    enc_layers: int = 2            # hidden layers of the encoder (0: a single linear map)
+    dec_hidden: int = 200
+    dec_layers: int = 2            # hidden layers of the decoder (paper Table 5: 0, 2, 4)
+    act: str = "elu"
+    flow_steps: int = 2
+    flow_hidden: int = 100
+    # training
+    objective: str = "elbo"        # elbo | iwae
+    k: int = 1                     # samples per datapoint for the training objective
+    batch: int = 100
+    schedule: str = "burda"        # burda | plain
+    epochs: int = 3280             # plain schedule only; burda fixes 3280
+    lr: float = 1e-3               # plain schedule only
+    warmup_epochs: int = 400       # entropy annealing lambda: 0 -> 1 over these epochs
+    seed: int = 0
+    dtype: str = "float32"
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        d = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise MinivaeError(f"checkpoint config has unknown fields {sorted(unknown)}: "
+                               "it was written by a newer minivae; upgrade minivae")
+        return cls(**d)
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)

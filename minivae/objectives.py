@@ -1,0 +1,67 @@
+"""Training and evaluation objectives with their gradients.
+
+log w = log p(x|z) + log p(z) - lam * log q(z|x), for K samples per datapoint:
+  ELBO       = mean_k log w                       (lam anneals the entropy, paper 5.3.1)
+  IWAE(K)    = logsumexp_k log w - log K
+Gradients flow to the encoder (through h), the family's nets and the decoder.
+"""
+import math
+
+from . import model
+from .backend import get_xp
+from .densities import log_std_normal
+from .nn import add_grads
+
+
+def log_weights(params, cfg, family, x, h, eps, lam=1.0):
+    """log w: (B, K) for posterior parameters h (B, P) and noise eps (B, K, E).
+
+    backward(dlogw) -> (dh, grads of the decoder and the family's nets).
+    """
+    z, logq, back_q = family.sample(params, h, eps)
+    ll, back_ll = model.log_lik(params, cfg, x, z)
+    logw = ll + log_std_normal(z) - lam * logq
+
+    def backward(dlogw):
+        dz, grads = back_ll(dlogw)
+        dz = dz - z * dlogw[..., None]                  # the prior's gradient
+        dh, gq = back_q(dz, -lam * dlogw)
+        return dh, add_grads(grads, gq)
+
+    return logw, backward
+
+
+def logsumexp(a, axis=-1):
+    xp = get_xp(a)
+    m = a.max(axis, keepdims=True)
+    return (m + xp.log(xp.exp(a - m).sum(axis, keepdims=True))).squeeze(axis)
+
+
+def reduce_weights(logw, objective):
+    """Per-datapoint bound (B,) from log w (B, K), and d(sum of bounds)/d logw."""
+    xp = get_xp(logw)
+    K = logw.shape[1]
+    if objective == "elbo":
+        return logw.mean(1), xp.full(logw.shape, 1.0 / K, dtype=logw.dtype)
+    if objective == "iwae":
+        lse = logsumexp(logw, 1)
+        return lse - math.log(K), xp.exp(logw - lse[:, None])
+    raise ValueError(objective)
+
+
+def bound_and_grads(params, cfg, family, x, eps, lam=1.0, objective="elbo"):
+    """The amortized training objective: per-datapoint bound (B,) and the gradient of
+    its batch mean wrt every parameter (encoder, family nets, decoder)."""
+    h, back_enc = model.encode(params, cfg, x)
+    logw, back_w = log_weights(params, cfg, family, x, h, eps, lam)
+    value, dlogw = reduce_weights(logw, objective)
+    dh, grads = back_w(dlogw / x.shape[0])
+    _, genc = back_enc(dh)
+    return value, add_grads(grads, genc)
+
+
+def bound(params, cfg, family, x, eps, objective="elbo"):
+    """Per-datapoint bound (B,) without gradients (evaluation)."""
+    h, _ = model.encode(params, cfg, x)
+    logw, _ = log_weights(params, cfg, family, x, h, eps)
+    return reduce_weights(logw, objective)[0]
