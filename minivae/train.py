@@ -1,0 +1,145 @@
+"""The training loop: Adam on the (entropy-annealed) ELBO or IWAE, per-epoch validation,
+learning curves and resumable HDF5 checkpoints.
+
+Resuming restores params, Adam moments, epoch and the RNG state, so an interrupted run that
+is resumed ends with the same numbers as an uninterrupted one.
+"""
+import time
+
+import numpy as np
+
+from . import io, model, objectives
+from .backend import device_xp, normal, rng_from_state, rng_state, to_numpy
+from .config import Config
+from .errors import MinivaeError
+from .optim import adam_init, adam_step, entropy_weight, learning_rate, total_epochs
+from .posteriors import get_family
+from .progress import Progress
+
+CURVES = ("epoch", "train_bound", "valid_elbo", "lr", "lam", "seconds")
+
+
+def evaluate_elbo(params, cfg, x, seed, xp=np, k=1, chunk=1000):
+    """Per-datapoint single-run ELBO estimate (k samples each), in chunks: (N,) float64."""
+    family = get_family(cfg)
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(cfg.dtype)
+    out = []
+    for i in range(0, len(x), chunk):
+        xb = xp.asarray(x[i:i + chunk], dtype=dtype)
+        eps = normal(rng, (len(xb), k, family.noise_dim), xb)
+        out.append(to_numpy(objectives.bound(params, cfg, family, xb, eps)).astype(np.float64))
+    return np.concatenate(out)
+
+
+def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=True, stop_after=None):
+    """Train from scratch (state None) or from a loaded checkpoint dict; returns the final state.
+
+    x_train, x_valid: uint8/float host arrays (N, D). stop_after: end after this many epochs
+    of this call (used to test resuming).
+    """
+    dtype = np.dtype(cfg.dtype)
+    family = get_family(cfg)
+    if state is None:
+        rng = np.random.default_rng(cfg.seed)
+        params = model.init_params(cfg, rng, xp)
+        state = dict(params=params, adam=adam_init(params), epoch=0,
+                     curves={k: np.zeros(0) for k in CURVES})
+    else:
+        rng = rng_from_state(state["rng_state"])
+    params, adam, curves = state["params"], state["adam"], state["curves"]
+    n_batches = len(x_train) // cfg.batch
+    if n_batches == 0:
+        raise MinivaeError(f"training set has {len(x_train)} images, fewer than one batch of {cfg.batch}")
+    end = total_epochs(cfg) if stop_after is None else min(total_epochs(cfg), state["epoch"] + stop_after)
+    for epoch in range(state["epoch"], end):
+        t0 = time.perf_counter()
+        lr = learning_rate(cfg, epoch)
+        bar = Progress(n_batches, f"epoch {epoch + 1}/{total_epochs(cfg)}", enabled=progress)
+        perm = rng.permutation(len(x_train))
+        running = 0.0
+        for b in range(n_batches):
+            xb = xp.asarray(x_train[perm[b * cfg.batch:(b + 1) * cfg.batch]], dtype=dtype)
+            eps = normal(rng, (cfg.batch, cfg.k, family.noise_dim), xb)
+            lam = entropy_weight(cfg, epoch + b / n_batches)
+            value, grads = objectives.bound_and_grads(params, cfg, family, xb, eps, lam, cfg.objective)
+            adam_step(params, grads, adam, lr)
+            running += float(value.mean())
+            bar.update(bound=running / (b + 1))
+        bar.close()
+        valid = float(evaluate_elbo(params, cfg, x_valid, seed=[cfg.seed, epoch], xp=xp).mean())
+        if not np.isfinite(valid):
+            raise MinivaeError(f"training diverged at epoch {epoch + 1} (validation ELBO {valid}): "
+                               "lower --lr or use --dtype float64")
+        row = dict(epoch=epoch + 1, train_bound=running / n_batches, valid_elbo=valid, lr=lr,
+                   lam=entropy_weight(cfg, epoch + 1), seconds=time.perf_counter() - t0)
+        for k in CURVES:
+            curves[k] = np.append(curves[k], row[k])
+        state["epoch"] = epoch + 1
+        if progress:
+            print(f"epoch {epoch + 1}: train bound {row['train_bound']:.3f}  valid ELBO {valid:.3f}  "
+                  f"({row['seconds']:.1f}s)", flush=True)
+        if out and (state["epoch"] % save_every == 0 or state["epoch"] == end):
+            save(out, cfg, state, rng)
+    state["rng_state"] = rng_state(rng)
+    return state
+
+
+def save(path, cfg, state, rng):
+    io.save_checkpoint(path, state["params"], cfg, state["epoch"], state["adam"], rng_state(rng),
+                       state["curves"])
+
+
+def load_state(path, xp=np):
+    ck = io.load_checkpoint(path, xp)
+    if ck["adam"] is None or ck["rng_state"] is None:
+        raise MinivaeError(f"{path} has no optimiser/RNG state, so it cannot be resumed")
+    curves = {k: np.asarray(ck["curves"].get(k, np.zeros(0))) for k in CURVES}
+    return ck["config"], dict(params=ck["params"], adam=ck["adam"], epoch=ck["epoch"],
+                              rng_state=ck["rng_state"], curves=curves)
+
+
+def config_from_options(opts):
+    """Config from the `minivae train` options (CLI names -> fields, schedule defaults)."""
+    schedule = opts["schedule"] or ("plain" if opts["epochs"] is not None else "burda")
+    if schedule == "plain" and opts["epochs"] is None:
+        raise MinivaeError("--schedule plain needs --epochs N")
+    warmup = opts["warmup_epochs"]
+    if warmup is None:
+        warmup = 400 if schedule == "burda" else 0
+    if opts["no_warmup"]:
+        warmup = 0
+    for name in ("latent", "batch", "k", "enc_hidden", "dec_hidden", "flow_steps"):
+        if opts[name] < 1:
+            raise MinivaeError(f"--{name.replace('_', '-')} must be at least 1 (got {opts[name]})")
+    if opts["epochs"] is not None and opts["epochs"] < 1:
+        raise MinivaeError(f"--epochs must be at least 1 (got {opts['epochs']})")
+    return Config(dataset=opts["dataset"], q=opts["q"], latent=opts["latent"],
+                  enc_hidden=opts["enc_hidden"], enc_layers=opts["enc_layers"],
+                  dec_hidden=opts["dec_hidden"], dec_layers=opts["dec_layers"], act=opts["act"],
+                  flow_steps=opts["flow_steps"], objective=opts["objective"], k=opts["k"],
+                  batch=opts["batch"], train_size=opts["train_size"] or 0, schedule=schedule,
+                  epochs=opts["epochs"] if opts["epochs"] is not None else 3280, lr=opts["lr"],
+                  warmup_epochs=warmup, seed=opts["seed"], dtype=opts["dtype"])
+
+
+def run_from_cli(opts):
+    from . import data
+    xp = device_xp(opts["device"])
+    if opts["resume"]:
+        cfg, state = load_state(opts["resume"], xp)
+        out = opts["out"] if opts["out"] != "model.h5" else opts["resume"]
+        print(f"resuming {opts['resume']} at epoch {state['epoch']} of {total_epochs(cfg)}")
+    else:
+        cfg, state, out = config_from_options(opts), None, opts["out"]
+    get_family(cfg)  # fail early on an unsupported family
+    x_train = data.load(cfg.dataset, "train", opts["data_dir"])
+    if cfg.train_size:
+        x_train = x_train[:cfg.train_size]
+    x_valid = data.load(cfg.dataset, "valid", opts["data_dir"])
+    cfg = cfg.replace(data_dim=x_train.shape[1])
+    state = train(cfg, x_train, x_valid, out, state, xp, opts["save_every"])
+    x_test = data.load(cfg.dataset, "test", opts["data_dir"])
+    test = evaluate_elbo(state["params"], cfg, x_test, seed=[cfg.seed, 10**6], xp=xp)
+    print(f"done: {state['epoch']} epochs, test ELBO {test.mean():.3f} "
+          f"(1 sample per image, {len(test)} images); checkpoint {out}")
