@@ -58,9 +58,11 @@ def _open(path, kind, what):
     except OSError:
         raise CheckpointError(f"{path} is not a readable HDF5 file (truncated or corrupt?): "
                               f"pass a {what} written by minivae")
-    if f.attrs.get("kind") != kind:
+    found = f.attrs.get("kind")
+    if found != kind:
         f.close()
-        raise CheckpointError(f"{path} is not a minivae {what} (kind={f.attrs.get('kind')!r})")
+        raise CheckpointError(f"{path} is not a minivae {what} (kind={found!r}): pass a {what} "
+                              "written by minivae")
     return f
 
 
