@@ -30,6 +30,7 @@ class Config:
     epochs: int = 3280             # plain schedule only; burda fixes 3280
     lr: float = 1e-3               # plain schedule only
     warmup_epochs: int = 400       # entropy annealing lambda: 0 -> 1 over these epochs
+    freeze: str = ""               # comma-separated key prefixes not trained (e.g. "dec": Table 4)
     seed: int = 0
     dtype: str = "float32"
 

@@ -32,22 +32,29 @@ def evaluate_elbo(params, cfg, x, seed, xp=np, k=1, chunk=1000):
     return np.concatenate(out)
 
 
-def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=True, stop_after=None):
+def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=True, stop_after=None,
+          init=None):
     """Train from scratch (state None) or from a loaded checkpoint dict; returns the final state.
 
     x_train, x_valid: uint8/float host arrays (N, D). stop_after: end after this many epochs
-    of this call (used to test resuming).
+    of this call (used to test resuming). init: parameters that replace the fresh ones (e.g. a
+    trained decoder, kept fixed with cfg.freeze="dec").
     """
     dtype = np.dtype(cfg.dtype)
     family = get_family(cfg)
     if state is None:
         rng = np.random.default_rng(cfg.seed)
         params = model.init_params(cfg, rng, xp)
+        for k, v in (init or {}).items():
+            if k not in params or params[k].shape != v.shape:
+                raise MinivaeError(f"initial parameter {k} does not fit this model")
+            params[k] = xp.asarray(v, dtype=params[k].dtype)
         state = dict(params=params, adam=adam_init(params), epoch=0,
                      curves={k: np.zeros(0) for k in CURVES})
     else:
         rng = rng_from_state(state["rng_state"])
     params, adam, curves = state["params"], state["adam"], state["curves"]
+    frozen = tuple(f + "." for f in cfg.freeze.split(",") if f)
     n_batches = len(x_train) // cfg.batch
     if n_batches == 0:
         raise MinivaeError(f"training set has {len(x_train)} images, fewer than one batch of {cfg.batch}")
@@ -63,6 +70,8 @@ def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=
             eps = normal(rng, (cfg.batch, cfg.k, family.noise_dim), xb)
             lam = entropy_weight(cfg, epoch + b / n_batches)
             value, grads = objectives.bound_and_grads(params, cfg, family, xb, eps, lam, cfg.objective)
+            if frozen:
+                grads = {k: g for k, g in grads.items() if not k.startswith(frozen)}
             adam_step(params, grads, adam, lr)
             running += float(value.mean())
             bar.update(bound=running / (b + 1))

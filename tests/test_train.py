@@ -172,3 +172,15 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path, monkeypatch, args
     assert message in text and "Traceback" not in text
     assert len(text.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_frozen_decoder_stays_fixed_while_a_new_encoder_trains():
+    x = tiny_data(100)
+    base = train.train(tiny_cfg(epochs=1), x, x[:20], None, progress=False)
+    dec = {k: v for k, v in base["params"].items() if k.startswith("dec.")}
+    cfg = tiny_cfg(epochs=2, enc_layers=0, freeze="dec", seed=9)
+    new = train.train(cfg, x, x[:20], None, progress=False, init=dec)
+    for k, v in dec.items():
+        np.testing.assert_array_equal(new["params"][k], v)
+    assert new["params"]["enc.fc0.W"].shape == (784, 8)
+    assert new["curves"]["valid_elbo"][-1] > new["curves"]["valid_elbo"][0]
