@@ -1,0 +1,85 @@
+"""`minivae sample`: decode z ~ N(0, I) and save the decoder's means as an image grid (PNG).
+
+Bernoulli models show sigmoid(logits), Gaussian ones their mean clipped to [0, 1].
+"""
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from . import io, model
+from .backend import device_xp, get_dtype, normal, to_numpy
+from .errors import MinivaeError
+from .validate import validate_params
+
+
+def decoder_means(params, cfg, n, rng):
+    """n images' worth of decoder means for z ~ N(0, I): (n, D) on the host, in [0, 1]."""
+    some = next(iter(params.values()))
+    z = normal(rng, (n, cfg.latent), some)                        # (n, Z)
+    out, _ = model.decode(params, cfg, z)                         # (n, D)
+    out = to_numpy(out).astype(np.float64)
+    if cfg.likelihood == "bernoulli":
+        return 0.5 * (np.tanh(0.5 * out) + 1)
+    return np.clip(out, 0, 1)
+
+
+def image_side(data_dim):
+    side = math.isqrt(data_dim)
+    if side * side != data_dim:
+        raise MinivaeError(f"cannot show data_dim={data_dim} as square images: sample needs a model "
+                           "of square images (e.g. 784 = 28 x 28)")
+    return side
+
+
+def grid(images, gap=1):
+    """(n, D) square images -> one (rows*(s+gap)-gap, cols*(s+gap)-gap) mosaic, white gaps."""
+    n, s = len(images), image_side(images.shape[1])
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    out = np.ones((rows * (s + gap) - gap, cols * (s + gap) - gap))
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        out[r * (s + gap):r * (s + gap) + s, c * (s + gap):c * (s + gap) + s] = img.reshape(s, s)
+    return out
+
+
+def write_png(path, image, zoom=1):
+    """Save a [0, 1] greyscale array as a PNG, atomically (temp file in the same folder, rename)."""
+    try:
+        from matplotlib import image as mpimg
+    except ImportError:
+        raise MinivaeError("install the plot extra: pip install -e '.[plot]'")
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    try:
+        big = np.kron(image, np.ones((zoom, zoom)))               # nearest-neighbour upscaling
+        mpimg.imsave(tmp, big, cmap="gray", vmin=0, vmax=1, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def run(ckpt, n=64, out="samples.png", seed=0, device="cpu", dtype="float32", zoom=3):
+    """Load checkpoint `ckpt`, decode n prior samples, write the grid to `out`; returns (n, D)."""
+    if n <= 0:
+        raise MinivaeError(f"--n must be positive, got {n}")
+    xp = device_xp(device)
+    ck = io.load_checkpoint(ckpt, xp)
+    cfg = ck["config"]
+    validate_params(cfg, ck["params"], where=f"checkpoint {ckpt}")
+    image_side(cfg.data_dim)
+    params = {k: v.astype(get_dtype(dtype)) for k, v in ck["params"].items()}
+    means = decoder_means(params, cfg, n, np.random.default_rng(seed))
+    write_png(out, grid(means), zoom)
+    return means
+
+
+def run_from_cli(opts):
+    run(opts["ckpt"], opts["n"], opts["out"], opts["seed"], opts["device"], opts["dtype"])
+    print(f"{opts['n']} samples from {opts['ckpt']} -> {opts['out']}")
