@@ -1,0 +1,218 @@
+"""Annealed importance sampling from the prior to the posterior: log p^(x), encoder-free.
+
+f_t(z) = p(z) p(x|z)^beta_t, beta_0 = 0 < ... < beta_T = 1. Each chain starts at z ~ p(z) with
+log w = 0; for t = 1..T:  log w += (beta_t - beta_{t-1}) log p(x|z),  then (t < T) one HMC
+transition leaving f_t invariant (the transition after the last update cannot change w).
+log p^(x) = log mean_c w_c is a stochastic lower bound (E w = p(x)).
+
+Datapoints x chains are the rows of one matrix (row = b * C + c), so every leapfrog step is one
+decoder forward and backward over all of them. Datapoint i draws all its noise from
+default_rng([seed, i, stream]): numbers do not depend on --block, --n or on a resume.
+"""
+import time
+from dataclasses import asdict, dataclass
+
+import click
+import numpy as np
+
+from . import evaluate, nn
+from .backend import get_xp, to_numpy
+from .densities import bernoulli_logits, gaussian_lik
+from .errors import MinivaeError
+from .hmc import adapt_step, hmc_transition
+from .progress import Progress
+
+FINAL, TUNE, REVERSE, SIMULATE = 0, 1, 2, 3   # noise streams per datapoint
+
+
+@dataclass
+class Settings:
+    chains: int = 100
+    steps: int = 500          # T annealing distributions after the prior
+    leapfrog: int = 10
+    schedule: str = "sigmoid"
+    adapt: str = "per-chain"  # per-chain | tune-then-freeze
+    target_accept: float = 0.65
+    step0: float = 0.1        # first step size of every chain
+
+
+def schedule(T, kind="sigmoid", delta=4.0):
+    """beta_0..beta_T (T + 1,) float64 from 0 to 1. sigmoid: sigma(delta (2t/T - 1)) rescaled
+    to [0, 1] (Grosse et al. 2015; Wu et al. 2017): small steps near both ends; linear: t/T."""
+    t = np.arange(T + 1) / T
+    if kind == "linear":
+        return t
+    if kind == "sigmoid":
+        s = 1 / (1 + np.exp(-delta * (2 * t - 1)))
+        return (s - s[0]) / (s[-1] - s[0])
+    raise MinivaeError(f"unknown schedule {kind!r}: choose sigmoid or linear")
+
+
+def likelihood_target(params, cfg, x):
+    """target(z, need_value) -> (log p(x|z) (R,) or None, d/dz (R, Z)) for rows x: (R, D).
+
+    Decoder forward, then backward to z only: the decoder's weight gradients are not needed."""
+    if cfg.likelihood not in ("bernoulli", "gaussian"):
+        raise MinivaeError(f"AIS supports bernoulli and gaussian likelihoods, not {cfg.likelihood!r}")
+    n = cfg.dec_layers + 1
+    W = [params[f"dec.fc{i}.W"] for i in range(n)]
+    b = [params[f"dec.fc{i}.b"] for i in range(n)]
+    act = nn.ACTIVATIONS[cfg.act]
+
+    def target(z, need_value=True):
+        h, backs = z, []
+        for i in range(n):
+            h = h @ W[i] + b[i]                                  # (R, H) ... (R, D)
+            if i < n - 1:
+                h, back = act(h)
+                backs.append(back)
+        ll = None
+        if cfg.likelihood == "gaussian":
+            ll, d = gaussian_lik(x, h, cfg.obs_std)
+        elif need_value:
+            ll, d = bernoulli_logits(x, h)
+        else:                                                    # skip the softplus sum
+            d = x - 0.5 * (get_xp(h).tanh(0.5 * h) + 1)
+        for i in reversed(range(n)):
+            d = d @ W[i].T
+            if i > 0:
+                d = backs[i - 1](d)
+        return ll, d
+
+    return target
+
+
+def anneal(target, z, betas, rngs, s, step, frozen=False, progress=None):
+    """Run chains along betas (increasing: forward AIS; decreasing: reverse AIS).
+
+    z: (B*C, Z) start states, rngs: one Generator per datapoint. step: (R,) first step sizes
+    adapted per chain, or with frozen=True a (T-1, R) schedule used as is.
+    Returns log w (B, C) float64 and per-row statistics (accepts, NaN rejects, step sizes used).
+    """
+    xp, dt = get_xp(z), z.dtype
+    R, Z = z.shape
+    C = R // len(rngs)
+    ll, gll = target(z, need_value=True)
+    logw = np.zeros(R)
+    acc, nan = xp.zeros(R, np.int64), xp.zeros(R, np.int64)
+    used = []                                                    # (T-1) x (R,) step sizes
+    T = len(betas) - 1
+    for t in range(1, T + 1):
+        logw += (betas[t] - betas[t - 1]) * to_numpy(ll).astype(np.float64)
+        if t == T:
+            break
+        p0 = xp.asarray(np.concatenate([r.standard_normal((C, Z), dtype=dt) for r in rngs]))
+        u = np.concatenate([r.random(C, dtype=dt) for r in rngs])          # [0, 1)
+        log_u = xp.log(xp.asarray(1 - u))                                  # 1 - u > 0: finite
+        st = step[t - 1] if frozen else step
+        z, ll, gll, a, bad = hmc_transition(z, ll, gll, target, dt.type(betas[t]), st, p0, log_u, s.leapfrog)
+        acc += a
+        nan += bad
+        used.append(st)
+        if not frozen:
+            step = adapt_step(step, a, s.target_accept)
+        if progress is not None:
+            progress.update(1, accept=float(a.mean()))
+    steps = xp.stack(used) if used else xp.zeros((0, R), dt)
+    return logw.reshape(-1, C), dict(accept=acc, nan=nan, steps=steps)
+
+
+def streams(seed, index, stream):
+    return [np.random.default_rng([seed, int(i), stream]) for i in index]
+
+
+def frozen(steps, C):
+    """Per-transition step sizes of a tuning pass -> geometric mean over each datapoint's chains."""
+    xp = get_xp(steps)
+    T1, R = steps.shape
+    g = xp.exp(xp.log(steps).reshape(T1, R // C, C).mean(2))     # (T-1, B)
+    return xp.repeat(g, C, axis=1)                               # (T-1, R)
+
+
+def summarize(logw, info, s):
+    """Per-datapoint summary: weight statistics, acceptance rate, NaN rejects, last step size."""
+    def per(a):                                                  # (R,) -> (B, C)
+        return to_numpy(a).reshape(-1, s.chains)
+
+    out = evaluate.weight_stats(logw)
+    accept, nan = per(info["accept"]), per(info["nan"])
+    last = info["steps"][-1] if len(info["steps"]) else np.full(accept.size, np.nan)
+    out.update(accept=accept.sum(1) / (s.chains * max(s.steps - 1, 1)), nan=nan.sum(1),
+               step=per(last).mean(1))
+    return out
+
+
+def forward(params, cfg, x, index, seed, s, progress=None):
+    """Forward AIS for datapoints x: (B, D) with split indices `index`.
+
+    Returns (per-datapoint stats dict, log w (B, C), the step sizes of its transitions as a
+    frozen schedule (T-1, R): each datapoint's geometric mean over its chains)."""
+    xp = get_xp(x)
+    C = s.chains
+    target = likelihood_target(params, cfg, xp.repeat(x, C, axis=0))
+    betas = schedule(s.steps, s.schedule)
+
+    def start(stream):
+        rngs = streams(seed, index, stream)
+        z = xp.asarray(np.concatenate([r.standard_normal((C, cfg.latent), dtype=x.dtype) for r in rngs]))
+        return z, rngs
+
+    step0 = xp.full(len(index) * C, s.step0, x.dtype)
+    if s.adapt == "tune-then-freeze":
+        z, rngs = start(TUNE)
+        _, tuned = anneal(target, z, betas, rngs, s, step0, progress=progress)
+        z, rngs = start(FINAL)
+        logw, info = anneal(target, z, betas, rngs, s, frozen(tuned["steps"], C), frozen=True,
+                            progress=progress)
+    elif s.adapt == "per-chain":
+        z, rngs = start(FINAL)
+        logw, info = anneal(target, z, betas, rngs, s, step0, progress=progress)
+    else:
+        raise MinivaeError(f"unknown --adapt {s.adapt!r}: choose per-chain or tune-then-freeze")
+    return summarize(logw, info, s), logw, frozen(info["steps"], C)
+
+
+def check_settings(s):
+    evaluate.check_options(chains=s.chains, steps=s.steps, leapfrog=s.leapfrog, step0=s.step0)
+    if not 0 < s.target_accept < 1:
+        raise MinivaeError(f"--target-accept must lie in (0, 1), got {s.target_accept}")
+    schedule(1, s.schedule)
+    if s.adapt not in ("per-chain", "tune-then-freeze"):
+        raise MinivaeError(f"unknown --adapt {s.adapt!r}: choose per-chain or tune-then-freeze")
+
+
+def run(params, cfg, x, out, s, seed=0, block=10, meta=None, progress=True, max_blocks=None):
+    """AIS for every row of x (N, D), saved to stage "ais" of `out` after each block; a run
+    stopped part way continues after its last saved block. Returns the per-datapoint arrays."""
+    check_settings(s)
+    evaluate.check_options(block=block)
+    n = len(x)
+    settings = dict(asdict(s), seed=seed, dtype=cfg.dtype, **(meta or {}))
+    done = evaluate.finished_rows(out, "ais", settings)
+    todo = max(n - (len(done["index"]) if done else 0), 0)
+    passes = 2 if s.adapt == "tune-then-freeze" else 1
+    bar = Progress(-(-todo // block) * (s.steps - 1) * passes, "ais transitions", enabled=progress)
+
+    def compute(lo, hi):
+        return forward(params, cfg, x[lo:hi], range(lo, hi), seed, s, progress=bar)[0]
+
+    try:
+        return evaluate.resume_blocks(out, "ais", settings, n, block, compute, done, max_blocks)
+    finally:
+        bar.close()
+
+
+def run_from_cli(opts):
+    s = Settings(**{k: opts[k] for k in Settings.__dataclass_fields__})
+    check_settings(s)
+    evaluate.check_options(n=opts["n"], block=opts["block"])
+    params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
+    x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
+    meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"],
+                dataset=cfg.dataset)
+    t0 = time.perf_counter()
+    r = run(params, cfg, x, opts["out"], s, opts["seed"], opts["block"], meta)
+    click.echo(f"ais: n={len(r['estimate'])} chains={s.chains} steps={s.steps} leapfrog={s.leapfrog}  "
+               f"mean log p(x) >= {r['estimate'].mean():.4f}  accept={r['accept'].mean():.3f}  "
+               f"min ESS={r['ess'].min():.1f}  NaN rejects={int(r['nan'].sum())}  "
+               f"({time.perf_counter() - t0:.1f}s) -> {opts['out']} [ais]")

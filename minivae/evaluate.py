@@ -1,0 +1,99 @@
+"""What the evaluation commands share: a checkpoint's model, the first n rows of a split,
+option checks, and a block loop that saves after every block and resumes where it stopped."""
+import hashlib
+import json
+
+import numpy as np
+
+from . import data, io
+from .backend import device_xp, get_dtype, to_numpy
+from .errors import CheckpointError, MinivaeError
+
+
+def load_model(path, device="cpu", dtype="float32"):
+    """(params, cfg, xp) from checkpoint `path`, cast to the compute dtype `dtype`."""
+    xp = device_xp(device)
+    dt = get_dtype(dtype)
+    ck = io.load_checkpoint(path, xp)
+    params = {k: v.astype(dt) for k, v in ck["params"].items()}
+    return params, ck["config"].replace(dtype=dtype), xp
+
+
+def load_data(cfg, split, n, data_dir=None, xp=np):
+    """The first n datapoints of `split` of the checkpoint's dataset: (n, D) in cfg.dtype."""
+    x = data.load(cfg.dataset, split, data_dir)
+    if n > len(x):
+        raise MinivaeError(f"--n {n} is larger than the {cfg.dataset} {split} split ({len(x)} rows): "
+                           f"use --n {len(x)} or less")
+    if x.shape[1] != cfg.data_dim:
+        raise CheckpointError(f"the checkpoint's model has data_dim {cfg.data_dim} but {cfg.dataset} "
+                              f"rows have {x.shape[1]} values: wrong checkpoint for this dataset")
+    return xp.asarray(x[:n].astype(cfg.dtype))
+
+
+def check_options(**values):
+    """Every named option must be a positive number; a clear one-line error otherwise."""
+    for name, v in values.items():
+        if v is None or v <= 0:
+            raise MinivaeError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+
+def file_digest(path):
+    """sha256 of a file: ties a results stage to the exact checkpoint that made it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def logmeanexp(a, axis=-1):
+    """log mean exp over `axis`, float64 (host arrays)."""
+    a = np.asarray(a, np.float64)
+    m = a.max(axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return (m + np.log(np.exp(a - m).mean(axis, keepdims=True))).squeeze(axis)
+
+
+def weight_stats(logw):
+    """Per-datapoint estimate log mean_c w, effective sample size of the normalised weights,
+    and the std of log w across chains, from log w (B, C)."""
+    logw = np.asarray(logw, np.float64)
+    w = np.exp(logw - logw.max(1, keepdims=True))
+    return dict(estimate=logmeanexp(logw, 1), ess=w.sum(1) ** 2 / (w * w).sum(1), logw_std=logw.std(1))
+
+
+def finished_rows(out, stage, settings):
+    """The rows stage `stage` of `out` already holds ({} if none), provided it was made with
+    the same settings; a stage made with other settings is an error."""
+    prev = io.load_results(out, stage)
+    if prev is None:
+        return {}
+    arrays, attrs = prev
+    key = json.dumps(settings, sort_keys=True)
+    if attrs.get("settings") != key:
+        old = json.loads(attrs.get("settings", "{}"))
+        diff = ", ".join(f"{k} {old.get(k)!r} != {v!r}" for k, v in settings.items() if old.get(k) != v)
+        raise CheckpointError(f"{out} already holds a {stage!r} stage made with other settings "
+                              f"({diff or 'unknown'}): use a new --out, or the same settings to resume")
+    return arrays
+
+
+def resume_blocks(out, stage, settings, n, block, compute, done=None, max_blocks=None):
+    """Run compute(start, stop) -> dict of per-datapoint arrays over datapoints [0, n) in
+    blocks, saving every finished row to stage `stage` of `out` after each block, starting
+    after the rows `done` already holds (see finished_rows). max_blocks stops early (tests).
+    Returns the arrays of the first n rows (fewer when stopped early).
+    """
+    key = json.dumps(settings, sort_keys=True)
+    done = finished_rows(out, stage, settings) if done is None else done
+    start = len(done["index"]) if done else 0
+    for j, lo in enumerate(range(start, n, block)):
+        if max_blocks is not None and j >= max_blocks:
+            break
+        hi = min(lo + block, n)
+        rows = {k: to_numpy(v) for k, v in compute(lo, hi).items()}
+        rows["index"] = np.arange(lo, hi)
+        done = {k: np.concatenate([done[k], rows[k]]) for k in rows} if done else rows
+        io.save_results(out, stage, done, dict(settings, settings=key, n=len(done["index"])))
+    return {k: v[:n] for k, v in done.items()}

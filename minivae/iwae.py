@@ -1,0 +1,74 @@
+"""L_VAE[q] and L_IWAE[q] of the model's own q from k samples, chunked so memory stays bounded.
+
+log w_j = log p(x, z_j) - log q(z_j|x), z_j ~ q(z|x), j = 1..k:
+  L_VAE  = mean_j log w_j          L_IWAE = logsumexp_j log w_j - log k
+One decoder call covers at most `chunk` rows (datapoints x samples); the sums over samples are
+accumulated on the host in float64 (a running max and a rescaled sum of exponentials).
+Datapoint i draws its noise from default_rng([seed, i]) one chunk after another, so the
+numbers do not depend on the chunk size or on which datapoints share a call.
+"""
+import math
+import time
+
+import click
+import numpy as np
+
+from . import evaluate, io, model
+from .backend import get_xp, to_numpy
+from .objectives import log_weights
+from .posteriors import get_family
+from .progress import Progress
+
+
+def lse_update(m, s, a):
+    """Streaming logsumexp: fold a (B, K) float64 into the running max m (B,) and
+    s = sum exp(. - m) (B,); start from m = -inf, s = 0. Exact for any magnitude."""
+    m_new = np.maximum(m, a.max(1))
+    shift = np.where(np.isfinite(m_new), m_new, 0.0)                  # all -inf so far: keep 0
+    s = s * np.exp(m - shift) + np.exp(a - shift[:, None]).sum(1)
+    return m_new, s
+
+
+def bounds(params, cfg, x, index, k, seed=0, chunk=10000, progress=None):
+    """Per-datapoint (L_VAE (B,), L_IWAE (B,)) in float64 for x: (B, D) with split indices index."""
+    family = get_family(cfg)
+    B, E = len(x), family.noise_dim
+    kc = min(k, chunk)                                              # samples per call
+    bc = max(1, chunk // kc)                                        # datapoints per call
+    elbo, iwae = np.empty(B), np.empty(B)
+    for lo in range(0, B, bc):
+        rows = slice(lo, min(lo + bc, B))
+        xb = x[rows]
+        h, _ = model.encode(params, cfg, xb)                        # (b, P)
+        rngs = [np.random.default_rng([seed, int(i)]) for i in index[rows]]
+        m, s, total = np.full(len(rngs), -np.inf), np.zeros(len(rngs)), np.zeros(len(rngs))
+        for j in range(0, k, kc):
+            kk = min(kc, k - j)
+            eps = np.stack([r.standard_normal((kk, E), dtype=xb.dtype) for r in rngs])  # (b, kk, E)
+            logw, _ = log_weights(params, cfg, family, xb, h, get_xp(xb).asarray(eps))
+            lw = to_numpy(logw).astype(np.float64)                  # (b, kk)
+            total += lw.sum(1)
+            m, s = lse_update(m, s, lw)
+        elbo[rows] = total / k
+        iwae[rows] = m + np.log(s) - math.log(k)
+        if progress is not None:
+            progress.update(len(rngs), iwae=float(iwae[:rows.stop].mean()))
+    return elbo, iwae
+
+
+def run_from_cli(opts):
+    evaluate.check_options(k=opts["k"], n=opts["n"], chunk=opts["chunk"])
+    params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
+    x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
+    index = np.arange(len(x))
+    bar = Progress(len(x), "iwae datapoints")
+    t0 = time.perf_counter()
+    try:
+        elbo, iwae = bounds(params, cfg, x, index, opts["k"], opts["seed"], opts["chunk"], bar)
+    finally:
+        bar.close()
+    attrs = dict(k=opts["k"], seed=opts["seed"], split=opts["split"], n=len(x), q=cfg.q,
+                 dtype=cfg.dtype, dataset=cfg.dataset, checkpoint=evaluate.file_digest(opts["ckpt"]))
+    io.save_results(opts["out"], "iwae", dict(elbo=elbo, iwae=iwae, index=index), attrs)
+    click.echo(f"iwae: n={len(x)} k={opts['k']}  mean L_VAE[q]={elbo.mean():.4f}  "
+               f"mean L_IWAE[q]={iwae.mean():.4f}  ({time.perf_counter() - t0:.1f}s) -> {opts['out']} [iwae]")

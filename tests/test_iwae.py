@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from minivae import io, iwae, lingauss, model, objectives
+from minivae.config import Config
+from minivae.errors import MinivaeError
+from minivae.posteriors import get_family
+
+
+def test_streaming_logsumexp_is_exact_for_huge_magnitudes():
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.normal(-1e5, 50, (3, 40)), rng.normal(3e4, 50, (3, 7))], 1)
+    a = a[:, rng.permutation(47)]
+    a[2] = -np.inf                                                     # a datapoint with no mass
+    a[2, 5] = -7e5
+    m_all = a.max(1)
+    direct = m_all + np.log(np.exp(a - m_all[:, None]).sum(1))
+    for width in (1, 5, 47):
+        m, s = np.full(3, -np.inf), np.zeros(3)
+        for j in range(0, 47, width):
+            m, s = iwae.lse_update(m, s, a[:, j:j + width])
+        np.testing.assert_allclose(m + np.log(s), direct, rtol=1e-15)
+    m, s = iwae.lse_update(np.full(1, -np.inf), np.zeros(1), np.full((1, 4), -np.inf))
+    assert m[0] == -np.inf and s[0] == 0
+
+
+def tiny_model(q, seed=0):
+    cfg = Config(data_dim=6, latent=3, enc_hidden=5, dec_hidden=4, enc_layers=1, dec_layers=2, q=q,
+                 flow_steps=1, flow_hidden=4, dtype="float64")
+    try:
+        get_family(cfg)
+    except MinivaeError as e:
+        pytest.skip(str(e))
+    rng = np.random.default_rng(seed)
+    params = model.init_params(cfg, rng)
+    x = (rng.random((5, 6)) < 0.4).astype(np.float64)
+    return cfg, params, x
+
+
+@pytest.mark.parametrize("q", ["ffg", "fullcov", "flow"])
+def test_chunked_bounds_equal_the_unchunked_computation(q):
+    cfg, params, x = tiny_model(q)
+    k, seed, index = 23, 4, np.array([3, 0, 9, 1, 2])
+    family = get_family(cfg)
+    eps = np.stack([np.random.default_rng([seed, i]).standard_normal((k, family.noise_dim)) for i in index])
+    h, _ = model.encode(params, cfg, x)
+    logw, _ = objectives.log_weights(params, cfg, family, x, h, eps)
+    want_elbo, want_iwae = logw.mean(1), objectives.reduce_weights(logw, "iwae")[0]
+    for chunk in (1, 7, 23, 50, 10000):
+        elbo, iw = iwae.bounds(params, cfg, x, index, k, seed, chunk)
+        np.testing.assert_allclose(elbo, want_elbo, rtol=1e-13)
+        np.testing.assert_allclose(iw, want_iwae, rtol=1e-13)
+    assert np.all(iw >= elbo)                                          # Jensen on the same samples
+
+
+def optimal_ffg_encoder(params, cfg, x):
+    """A linear encoder (enc_layers=0) giving the optimal FFG of the linear-Gaussian model."""
+    m, P = lingauss.posterior(params, cfg, x)
+    W, b = params["dec.fc0.W"], params["dec.fc0.b"]
+    A = np.linalg.solve(P, W / cfg.obs_std ** 2).T                     # mu = (x - b) A: (D, Z)
+    cfg = cfg.replace(enc_layers=0)
+    params = dict(params)
+    params["enc.fc0.W"] = np.hstack([A, np.zeros_like(A)])
+    params["enc.fc0.b"] = np.concatenate([-b @ A, -np.log(np.diag(P))])
+    for k in [k for k in params if k.startswith("enc.fc") and k[6] != "0"]:
+        del params[k]
+    return params, cfg
+
+
+def test_bounds_of_the_optimal_ffg_on_the_linear_gaussian_model():
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=6)
+    params, cfg = optimal_ffg_encoder(params, cfg, x)
+    exact = lingauss.log_px(params, cfg, x)
+    _, _, elbo_star = lingauss.optimal_ffg(params, cfg, x)
+    elbo, iw = iwae.bounds(params, cfg, x, np.arange(6), 2000, chunk=500)
+    assert np.all(np.abs(elbo - elbo_star) < 0.05)
+    assert np.all(iw > elbo_star) and np.all(np.abs(iw - exact) < 0.05) and iw.mean() < exact.mean() + 0.01
+
+
+@pytest.mark.slow
+def test_iwae_5000_is_below_exact_within_its_expected_bias():
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=40)
+    params, cfg = optimal_ffg_encoder(params, cfg, x)
+    exact = lingauss.log_px(params, cfg, x)
+    k = 5000
+    family = get_family(cfg)
+    h, _ = model.encode(params, cfg, x)
+    eps = np.random.default_rng(99).standard_normal((40, 20000, 2))
+    logw, _ = objectives.log_weights(params, cfg, family, x, h, eps)
+    w = np.exp(logw - exact[:, None])
+    bias = (w.var(1) / (2 * k)).mean()                                 # delta method: E[log mean w] ~ -var/2k
+    _, iw = iwae.bounds(params, cfg, x, np.arange(40), k, seed=1, chunk=2000)
+    gap = (exact - iw).mean()
+    se = np.sqrt((w.var(1) / k).mean() / 40)
+    assert gap > -3 * se and abs(gap - bias) < 3 * se + 0.2 * bias, (gap, bias, se)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    cfg = Config(latent=2, enc_hidden=8, dec_hidden=8, enc_layers=1, dec_layers=1, dtype="float32")
+    path = tmp_path_factory.mktemp("ck") / "tiny.h5"
+    io.save_checkpoint(path, model.init_params(cfg, np.random.default_rng(0)), cfg)
+    return str(path)
+
+
+def run_cli(args):
+    result = CliRunner().invoke(cli.main, args)
+    return result.exit_code, result.output
+
+
+def test_cli_iwae_on_embedded_mnist(tiny_ckpt, tmp_path):
+    out = str(tmp_path / "r.h5")
+    code, text = run_cli(["iwae", tiny_ckpt, "--k", "9", "--n", "4", "--chunk", "4", "--out", out])
+    assert code == 0, text
+    arrays, attrs = io.load_results(out, "iwae")
+    assert arrays["elbo"].shape == (4,) and np.all(arrays["iwae"] >= arrays["elbo"])
+    np.testing.assert_array_equal(arrays["index"], np.arange(4))
+    assert attrs["k"] == 9 and attrs["n"] == 4 and attrs["split"] == "test" and attrs["seed"] == 0
+    code, _ = run_cli(["iwae", tiny_ckpt, "--k", "9", "--n", "4", "--chunk", "1000", "--out", out])
+    # float32: other chunk shapes reach BLAS with other blockings, so only rounding differs
+    np.testing.assert_allclose(io.load_results(out, "iwae")[0]["iwae"], arrays["iwae"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--k", "0"], "--k must be positive"),
+    (["--chunk", "0"], "--chunk must be positive"),
+    (["--n", "10001"], "larger than"),
+    (["--split", "nope"], "nope"),
+])
+def test_cli_iwae_bad_options_are_one_line(tiny_ckpt, tmp_path, extra, message):
+    code, text = run_cli(["iwae", tiny_ckpt, "--n", "2", "--out", str(tmp_path / "r.h5")] + extra)
+    assert code != 0 and message in text and "Traceback" not in text
+    assert not (tmp_path / "r.h5").exists()
