@@ -1,0 +1,236 @@
+"""JAX (CPU, jit) peer of minivae's three benchmark workloads, same weights and data.
+
+  train_epoch  one epoch of the paper MNIST FFG VAE at batch 100: single-sample ELBO, Adam
+               lr 1e-3 written in jax.numpy; the whole step (batch gather, noise, forward,
+               grad, Adam) is one jitted function
+  ais_leapfrog HMC transitions on log p(z) + beta log p(x|z) of the decoder 50-200-200-784,
+               rows = datapoints x chains; one jitted transition = fresh momentum, L leapfrog
+               steps (lax.fori_loop), Metropolis accept
+  qstar_ffg    Adam on per-datapoint (mu, logvar) of 100 datapoints x 100 samples, decoder
+               fixed; one jitted step
+
+    python benchmarks/peers/jax_peer.py [--weights init.npz] [--workloads a,b,c] [--threads 1]
+
+Compile time is excluded (every jitted function runs once before the clock starts) and every
+timed region ends with block_until_ready. Prints one JSON line per workload;
+{"skipped": "jax not installed"} when jax is absent. Only --threads 1 can be enforced
+(XLA_FLAGS); other counts leave XLA's default pool.
+"""
+import math
+import sys
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import common  # noqa: E402
+
+common.early_threads()
+
+import numpy as np  # noqa: E402
+
+LOG2PI = math.log(2 * math.pi)
+SIDE = "jax"
+B1, B2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+
+def mlp(ws, prefix, x, n_layers=3):
+    for i in range(n_layers):
+        x = x @ ws[f"{prefix}.fc{i}.W"] + ws[f"{prefix}.fc{i}.b"]
+        if i < n_layers - 1:
+            x = jax.nn.elu(x)
+    return x
+
+
+def log_lik(ws, x, z):
+    logits = mlp(ws, "dec", z)
+    return (x * logits - jax.nn.softplus(logits)).sum(-1)
+
+
+def log_prior(z):
+    return -0.5 * ((z * z).sum(-1) + z.shape[-1] * LOG2PI)
+
+
+def elbo_ffg(ws, x, h, eps):
+    """Per-datapoint ELBO estimate, x (B, D), h = [mu, logvar] (B, 2Z), eps (B, S, Z) -> (B,)."""
+    Z = eps.shape[-1]
+    mu, logvar = h[:, None, :Z], h[:, None, Z:]
+    z = mu + jnp.exp(0.5 * logvar) * eps
+    logq = -0.5 * (eps * eps + logvar + LOG2PI).sum(-1)
+    return (log_lik(ws, x[:, None, :], z) + log_prior(z) - logq).mean(1)
+
+
+def adam_init(params):
+    def zeros():        # m and v need buffers of their own: steps donate them
+        return jax.tree_util.tree_map(jnp.zeros_like, params)
+    return zeros(), zeros(), jnp.zeros((), jnp.float32)
+
+
+def adam_ascent(params, grads, state, lr):
+    """Textbook Adam, ascending: the same update as minivae.optim.adam_step."""
+    m, v, t = state
+    t = t + 1
+    m = jax.tree_util.tree_map(lambda m, g: B1 * m + (1 - B1) * g, m, grads)
+    v = jax.tree_util.tree_map(lambda v, g: B2 * v + (1 - B2) * g * g, v, grads)
+    c1, c2 = 1 - B1 ** t, 1 - B2 ** t
+    params = jax.tree_util.tree_map(
+        lambda p, m, v: p + lr * (m / c1) / (jnp.sqrt(v / c2) + ADAM_EPS), params, m, v)
+    return params, (m, v, t)
+
+
+def block(tree):
+    jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
+
+
+def train_epoch(weights, args):
+    ws = {k: jnp.asarray(v) for k, v in weights.items()}
+    B, Z = common.BATCH, common.LATENT
+
+    def batch_bound(ws, xb, eps):
+        return elbo_ffg(ws, xb, mlp(ws, "enc", xb), eps).mean()
+
+    xc, ec = common.check_batch()
+    value, grads = jax.jit(jax.value_and_grad(batch_bound))(ws, xc, ec[:, None, :])
+    check = dict(check_bound=float(value), check_grad_norm=math.sqrt(sum(
+        float((np.asarray(g, np.float64) ** 2).sum()) for g in jax.tree_util.tree_leaves(grads))))
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def step(ws, opt, key, x_all, perm, b):
+        key, sub = jax.random.split(key)
+        xb = x_all[jax.lax.dynamic_slice(perm, (b * B,), (B,))].astype(jnp.float32)
+        eps = jax.random.normal(sub, (B, 1, Z))
+        value, grads = jax.value_and_grad(batch_bound)(ws, xb, eps)
+        ws, opt = adam_ascent(ws, grads, opt, 1e-3)
+        return ws, opt, key, value
+
+    x_np = common.mnist_train()
+    x_all = jnp.asarray(x_np)                   # uint8 (N, D) on the device; cast per batch
+    n_full = len(x_np) // B
+    n = n_full if args.batches is None else min(args.batches, n_full)
+    state = dict(ws=ws, opt=adam_init(ws), key=jax.random.PRNGKey(0))
+
+    def run(n_steps):
+        state["key"], sub = jax.random.split(state["key"])
+        perm = jax.random.permutation(sub, len(x_np))
+        running = 0.0
+        for b in range(n_steps):
+            state["ws"], state["opt"], state["key"], value = step(
+                state["ws"], state["opt"], state["key"], x_all, perm, b)
+            running += float(value)              # read back each step, as minivae's loop does
+        block(state["ws"])
+        return running
+
+    run(5)                                       # compile + warm-up
+    timing = common.time_repeats(lambda: run(n), args.epochs_timed, warmup=0)
+    common.emit_epoch(SIDE, timing, n, n_full, q="ffg", **check, **meta())
+
+
+def ais_leapfrog(weights, args):
+    ws = {k: jnp.asarray(v) for k, v in weights.items() if k.startswith("dec.")}
+    x_np, z_np = common.ais_inputs(args.ais_data, args.ais_chains)
+    x = jnp.asarray(x_np)
+    beta, eps, L = common.AIS_BETA, common.AIS_STEP, common.AIS_LEAPFROG
+
+    def log_joint(z):
+        logp = log_prior(z) + beta * log_lik(ws, x, z)
+        return logp.sum(), logp
+
+    def log_joint_and_grad(z):
+        g, logp = jax.grad(log_joint, has_aux=True)(z)
+        return logp, g
+
+    @jax.jit
+    def transition(z, logp, g, key):
+        key, kp, ku = jax.random.split(key, 3)
+        p = jax.random.normal(kp, z.shape)
+        h0 = logp - 0.5 * (p * p).sum(-1)
+
+        def leapfrog(i, c):
+            zn, pn, _, _ = c
+            zn = zn + eps * pn
+            logpn, gn = log_joint_and_grad(zn)
+            pn = pn + jnp.where(i < L - 1, eps, 0.5 * eps) * gn
+            return zn, pn, logpn, gn
+
+        zn, pn, logpn, gn = jax.lax.fori_loop(0, L, leapfrog, (z, p + 0.5 * eps * g, logp, g))
+        h1 = logpn - 0.5 * (pn * pn).sum(-1)
+        accept = jnp.log(jax.random.uniform(ku, logp.shape)) < h1 - h0
+        a = accept[:, None]
+        return jnp.where(a, zn, z), jnp.where(accept, logpn, logp), jnp.where(a, gn, g), key
+
+    logp0, g0 = jax.jit(log_joint_and_grad)(jnp.asarray(z_np))
+    check = dict(check_logp_mean=float(logp0.mean()),
+                 check_grad_norm=float(np.linalg.norm(np.asarray(g0, np.float64))))
+    state = [jnp.asarray(z_np), logp0, g0, jax.random.PRNGKey(0)]
+
+    def run():
+        for _ in range(args.ais_transitions):
+            state[:] = transition(*state)
+        block(state)
+
+    common.emit_ais(SIDE, common.time_repeats(run, args.repeats, warmup=1), args, check, **meta())
+
+
+def qstar_ffg(weights, args):
+    ws = {k: jnp.asarray(v) for k, v in weights.items() if k.startswith("dec.")}
+    x_np, eps_np = common.qstar_inputs(args.q_data, args.q_samples)
+    x = jnp.asarray(x_np)
+    h = jnp.zeros((args.q_data, 2 * common.LATENT), jnp.float32)      # N(0, I) init
+
+    def objective(h, eps):
+        return elbo_ffg(ws, x, h, eps).sum()     # per-datapoint objectives are independent
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def step(h, opt, key):
+        key, sub = jax.random.split(key)
+        g = jax.grad(objective)(h, jax.random.normal(sub, eps_np.shape))
+        h, opt = adam_ascent(h, g, opt, 1e-3)
+        return h, opt, key
+
+    check = dict(check_bound=float(jax.jit(objective)(h, jnp.asarray(eps_np))) / args.q_data)
+    state = [h, adam_init(h), jax.random.PRNGKey(0)]
+
+    def run():
+        for _ in range(args.q_steps):
+            state[:] = step(*state)
+        block(state[0])
+
+    common.emit_qstar(SIDE, common.time_repeats(run, args.repeats, warmup=1), args, check, **meta())
+
+
+def matmul_peak(weights, args):
+    n = 2048
+    a = jax.random.normal(jax.random.PRNGKey(1), (n, n))
+    b = jax.random.normal(jax.random.PRNGKey(2), (n, n))
+    mm = jax.jit(jnp.matmul)
+    timing = common.time_repeats(lambda: mm(a, b).block_until_ready(), 5, warmup=2)
+    common.emit_matmul(SIDE, timing, n, **meta())
+
+
+def meta():
+    return dict(version=jax.__version__, backend=jax.default_backend(),
+                threads=1 if "intra_op_parallelism_threads=1" in __import__("os").environ.get(
+                    "XLA_FLAGS", "") else "default")
+
+
+WORKLOADS = dict(a=train_epoch, b=ais_leapfrog, c=qstar_ffg, m=matmul_peak)
+
+
+def main(argv=None):
+    global jax, jnp
+    args = common.peer_parser(__doc__).parse_args(argv)
+    todo = args.workloads.split(",")
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        for w in todo:
+            common.skipped(common.WORKLOAD_NAMES[w], "jax not installed", side=SIDE)
+        return 0
+    weights = common.weights_arg(args.weights)
+    for w in todo:
+        WORKLOADS[w](weights, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
