@@ -47,6 +47,48 @@ CHECK_RTOL = 1e-3
 
 # ---- minivae's side of (b), (c) and the matmul peak --------------------------------------------
 
+def ais_kernels(params, cfg, x, chains):
+    """HMC composed from the fused kernels (kernels.decoder_grad, leapfrog_*, hmc_accept), with
+    preallocated buffers: the fastest path the package offers, or None where kernels/ is not
+    there yet. State here is (z, log f, grad log f) rather than (z, l, grad l)."""
+    try:
+        import kernels
+    except ImportError:
+        return None
+    R, Z = x.shape[0], params["dec.fc0.W"].shape[0]
+    x1 = x[::chains]                                   # (N, D): the kernels take x once per datapoint
+    buf = kernels.decoder_buffers(params, R)
+    beta = [1.0]
+    zn, p, acc, nan = (np.empty((R, Z), x.dtype), np.empty((R, Z), x.dtype),
+                       np.empty(R, np.int64), np.zeros(R, np.int64))
+
+    def target(z, need_value=True):
+        g, ll = kernels.decoder_grad(params, x1, z, chains, beta[0], need_value, buf)
+        return ll, g
+
+    def transition(z, logf, g, b, step, p0, log_u, L):
+        beta[0] = float(b)
+        zn[...], p[...] = z, p0
+        kernels.leapfrog_momentum(p, g, step, 0.5)
+        kernels.leapfrog_position(zn, p, step)
+        for _ in range(L - 1):
+            _, gn = target(zn, False)
+            kernels.leapfrog_momentum_position(p, zn, gn, step)
+        lln, gn = target(zn, True)
+        kernels.leapfrog_momentum(p, gn, step, 0.5)
+        logfn = -0.5 * (zn * zn).sum(-1) + beta[0] * lln
+        kernels.hmc_accept(z, logf, g, zn, logfn, gn, p0, p, log_u, step, acc, nan, 0.65, False)
+        return z, logf, g, acc
+
+    def start(z0, b):
+        """(log f, grad log f) at the start states, like the state `transition` carries."""
+        beta[0] = float(b)
+        ll, g = target(z0, True)
+        return -0.5 * (z0 * z0).sum(-1) + beta[0] * ll, g.copy()
+
+    return start, transition
+
+
 def ais_library(params, cfg, x):
     """The library's AIS inner loop (minivae.hmc + minivae.ais.likelihood_target), or None
     where those are not there yet."""
@@ -91,25 +133,43 @@ def ais_plain(params, cfg, x):
 
 
 def minivae_ais(weights, args):
+    """One line per implementation, fastest expected first (the summary takes the first)."""
     cfg = common.paper_config()
     x, z0 = common.ais_inputs(args.ais_data, args.ais_chains)
     R = len(x)
     beta, L = np.float32(common.AIS_BETA), common.AIS_LEAPFROG
-    step = np.full(R, common.AIS_STEP, np.float32)       # per-row step sizes, as minivae.ais
-    impls = [("minivae.hmc+ais.likelihood_target", ais_library(weights, cfg, x)),
-             ("numpy+model.log_joint", ais_plain(weights, cfg, x))]
+    log2pi = z0.shape[-1] * np.log(2 * np.pi)
+    impls = []
+    try:
+        impls.append(("kernels.decoder_grad+leapfrog+hmc_accept",
+                      ais_kernels(weights, cfg, x, args.ais_chains)))
+    except Exception as e:       # kernels/ is being written: an API change should not stop the rest
+        common.skipped("ais_leapfrog", f"{type(e).__name__}: {e}", side="minivae", impl="kernels")
+    impls += [("minivae.hmc+ais.likelihood_target", ais_library(weights, cfg, x)),
+              ("numpy+model.log_joint", ais_plain(weights, cfg, x))]
     for impl, fns in impls:
         if fns is None:
-            common.skipped("ais_leapfrog", "minivae.hmc / minivae.ais not present", side="minivae",
-                           impl=impl)
+            common.skipped("ais_leapfrog", "not present in this checkout", side="minivae", impl=impl)
             continue
-        target, transition = fns
-        ll, gll = target(z0, need_value=True)
-        logp0 = -0.5 * ((z0 * z0).sum(-1) + z0.shape[-1] * np.log(2 * np.pi)) + beta * ll
-        check = dict(check_logp_mean=float(logp0.mean()),
-                     check_grad_norm=float(np.linalg.norm((beta * gll - z0).astype(np.float64))))
         rng = np.random.default_rng(0)
-        state = [z0, ll, gll]
+        step = np.full(R, common.AIS_STEP, np.float32)   # per-row step sizes, as minivae.ais
+        if impl.startswith("kernels"):
+            start, transition = fns
+            try:
+                logf, g = start(z0.copy(), beta)
+            except Exception as e:
+                common.skipped("ais_leapfrog", f"{type(e).__name__}: {e}", side="minivae", impl=impl)
+                continue
+            check = dict(check_logp_mean=float(logf.mean()) - 0.5 * log2pi,
+                         check_grad_norm=float(np.linalg.norm(g.astype(np.float64))))
+            state = [z0.copy(), logf, g]
+        else:
+            target, transition = fns
+            ll, gll = target(z0, need_value=True)
+            logp0 = -0.5 * ((z0 * z0).sum(-1) + log2pi) + beta * ll
+            check = dict(check_logp_mean=float(logp0.mean()),
+                         check_grad_norm=float(np.linalg.norm((beta * gll - z0).astype(np.float64))))
+            state = [z0, ll, gll]
 
         def run():
             for _ in range(args.ais_transitions):
@@ -117,11 +177,42 @@ def minivae_ais(weights, args):
                 log_u = np.log(1 - rng.random(R, dtype=np.float32))
                 state[0], state[1], state[2], _ = transition(*state, beta, step, p0, log_u, L)
 
-        timing = common.time_repeats(run, args.repeats, warmup=1)
+        try:
+            timing = common.time_repeats(run, args.repeats, warmup=1)
+        except Exception as e:   # in-progress kernels/: report, carry on with the other paths
+            common.skipped("ais_leapfrog", f"{type(e).__name__}: {e}", side="minivae", impl=impl)
+            continue
         common.emit_ais("minivae", timing, args, check, impl=impl, threads=args.threads)
 
 
+def qstar_kernels(weights, x, S):
+    """A q*_FFG step from the fused kernels: kernels.decoder_grad gives d log p(x, z)/dz over
+    the N*S rows (no decoder weight gradients), the reparameterisation is applied by hand, and
+    kernels.adam_batched updates h. None where kernels/ is not there yet."""
+    try:
+        import kernels
+    except ImportError:
+        return None
+    N, Z = x.shape[0], weights["dec.fc0.W"].shape[0]
+    buf = kernels.decoder_buffers(weights, N * S)
+
+    def grad(h, eps):                                          # d ELBO_n / d h_n: (N, 2Z)
+        mu, logvar = h[:, None, :Z], h[:, None, Z:]
+        std = np.exp(0.5 * logvar)                             # (N, 1, Z)
+        z = (mu + std * eps).reshape(N * S, Z)
+        gz, _ = kernels.decoder_grad(weights, x, z, S, 1.0, False, buf)
+        gz = gz.reshape(N, S, Z)
+        dlogvar = 0.5 * std[:, 0] * (gz * eps).mean(1) + 0.5   # + 0.5 from the entropy term
+        return np.concatenate([gz.mean(1), dlogvar], axis=1)
+
+    def adam(h, g, state, lr, active):
+        kernels.adam_batched(h, g, state["m"]["h"], state["v"]["h"], state["t"], active, lr)
+
+    return grad, adam
+
+
 def minivae_qstar(weights, args):
+    """One line per implementation, fastest expected first (the summary takes the first)."""
     from minivae.backend import normal
     from minivae.objectives import log_weights
     from minivae.optim import batched_adam_init, batched_adam_step
@@ -132,27 +223,42 @@ def minivae_qstar(weights, args):
     N, S = x.shape[0], args.q_samples
     h0, _ = family.init_local(None, N, x.dtype, np)
     check = dict(check_bound=float(log_weights(weights, cfg, family, x, h0, eps_check)[0].mean()))
-
-    # the inner loop of minivae.localopt.fit_local, without its convergence bookkeeping
-    rng = np.random.default_rng(0)
-    work = {"h": h0.copy()}
-    adam = batched_adam_init(work, N)
-    active = np.ones(N, dtype=bool)
     dlogw = np.full((N, S), 1.0 / S, dtype=x.dtype)
 
-    def step():
-        eps = normal(rng, (N, S, family.noise_dim), x)
-        logw, back = log_weights({**weights, **work}, cfg, family, x, work["h"], eps)
-        dh, _ = back(dlogw)
-        batched_adam_step(work, {"h": dh}, adam, 1e-3, active)
+    def library_grad(h, eps):
+        logw, back = log_weights(weights, cfg, family, x, h, eps)
+        return back(dlogw)[0]          # the decoder's weight grads come along and are dropped
 
-    def run():
-        for _ in range(args.q_steps):
-            step()
+    def library_adam(h, g, state, lr, active):
+        batched_adam_step({"h": h}, {"h": g}, state, lr, active)
 
-    timing = common.time_repeats(run, args.repeats, warmup=1)
-    common.emit_qstar("minivae", timing, args, check, impl="objectives.log_weights+batched_adam_step",
-                      threads=args.threads)
+    impls = [("objectives.log_weights+batched_adam_step", (library_grad, library_adam))]
+    try:
+        impls.insert(0, ("kernels.decoder_grad+adam_batched", qstar_kernels(weights, x, S)))
+    except Exception as e:
+        common.skipped("qstar_ffg", f"{type(e).__name__}: {e}", side="minivae", impl="kernels")
+    for impl, fns in impls:
+        if fns is None:
+            common.skipped("qstar_ffg", "not present in this checkout", side="minivae", impl=impl)
+            continue
+        grad, adam_step = fns
+        # the inner loop of minivae.localopt.fit_local, without its convergence bookkeeping
+        rng = np.random.default_rng(0)
+        h = h0.copy()
+        state = batched_adam_init({"h": h}, N)
+        active = np.ones(N, dtype=bool)
+
+        def run():
+            for _ in range(args.q_steps):
+                adam_step(h, grad(h, normal(rng, (N, S, family.noise_dim), x)), state, 1e-3, active)
+
+        try:
+            timing = common.time_repeats(run, args.repeats, warmup=1)
+        except Exception as e:   # in-progress kernels/: report, carry on with the other paths
+            common.skipped("qstar_ffg", f"{type(e).__name__}: {e}", side="minivae", impl=impl)
+            continue
+        common.emit_qstar("minivae", timing, args, check, impl=impl, threads=args.threads,
+                          grad_check_rel=grad_agreement(grad, library_grad, h0, eps_check))
 
     try:
         from minivae.localopt import fit_local
@@ -166,6 +272,12 @@ def minivae_qstar(weights, args):
 
     timing = common.time_repeats(run_fit, args.repeats, warmup=1)
     common.emit_qstar("minivae", timing, args, check, impl="localopt.fit_local", threads=args.threads)
+
+
+def grad_agreement(grad, reference, h, eps):
+    """Relative difference of an implementation's d ELBO / d h from the library's, at (h, eps)."""
+    a, b = grad(h, eps).astype(np.float64), reference(h, eps).astype(np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def matmul_peak(weights=None, args=None, n=2048):
@@ -200,12 +312,15 @@ def child(argv, log):
     return lines
 
 
+def measured(lines, workload):
+    """The measured (not skipped) lines of `workload`, in the order they were printed."""
+    return [l for l in lines if l.get("workload") == workload and "skipped" not in l]
+
+
 def pick(lines, workload):
-    """The line the summary uses: the first measured (not skipped) line of `workload`."""
-    for line in lines:
-        if line.get("workload") == workload and "skipped" not in line:
-            return line
-    return None
+    """The line the summary uses: the first measured line (a side prints its fastest path first)."""
+    found = measured(lines, workload)
+    return found[0] if found else None
 
 
 def agree(a, b):
@@ -216,17 +331,30 @@ def agree(a, b):
     return max(abs(a[k] - b[k]) / max(abs(a[k]), abs(b[k]), 1e-12) for k in keys)
 
 
-def summarize(workload, by_side, peak, threads):
+def flops(workload, line):
+    """FLOPs the work of one line needs (common.FLOP_*), to set against the matmul peak."""
+    if workload == "train_epoch":
+        return common.FLOP_PER_TRAIN_STEP * line["images"] / line["batch"]
+    if workload == "ais_leapfrog":
+        return common.flop_per_decoder_grad(line["rows"]) * line["transitions"] * line["leapfrog"]
+    return common.flop_per_decoder_grad(line["datapoints"] * line["samples"]) * line["steps"]
+
+
+def summarize(workload, lines_by_side, peak, threads):
     metric = METRIC[workload]
+    by_side = {side: (lines[0] if lines else None) for side, lines in lines_by_side.items()}
     mine = by_side.get("minivae")
     cpu = CPU_SECONDS[workload]
     out = dict(workload=f"compare/{workload}", metric=metric,
                ratio="throughput minivae / peer (>1: minivae faster); _cpu: from process CPU "
                      "seconds, robust to other load when --threads 1", threads=threads,
-               matmul_peak_gflops=peak)
+               matmul_peak_gflops=peak and peak["gflops"],
+               matmul_peak_gflops_cpu=peak and peak["gflops_cpu"])
     for side in SIDES:
         line = by_side.get(side)
         out[side] = line[metric] if line else None
+        # useful matrix-product FLOP rate per CPU second: how near each side is to the BLAS peak
+        out[f"{side}_gflops_cpu"] = flops(workload, line) / line[cpu] / 1e9 if line else None
         if side != "minivae":
             both = bool(mine and line)
             out[f"minivae_over_{side}"] = mine[metric] / line[metric] if both else None
@@ -234,6 +362,7 @@ def summarize(workload, by_side, peak, threads):
             out[f"check_rel_diff_{side}"] = agree(mine, line) if both else None
     if mine and "impl" in mine:
         out["minivae_impl"] = mine["impl"]
+        out["minivae_impls"] = {l["impl"]: l[metric] for l in lines_by_side["minivae"]}
     diffs = [out[f"check_rel_diff_{s}"] for s in SIDES[1:] if out.get(f"check_rel_diff_{s}") is not None]
     out["same_numbers"] = all(d < CHECK_RTOL for d in diffs) if diffs else None
     common.emit(**out)
@@ -254,11 +383,11 @@ def drive(args):
 
     peak_line = pick(child([me, "--side", "minivae", "--workloads", "m"] + shared, args.verbose),
                      "matmul_peak")
-    peak = peak_line["gflops"] if peak_line else None
+    peak = peak_line
     summaries = []
     for key in ("a", "b", "c"):
         workload = common.WORKLOAD_NAMES[key]
-        by_side = {}
+        lines_by_side = {}
         for side in sides:
             if side == "minivae" and key == "a":
                 argv = [HERE / "train_epoch.py", "--q", "ffg"] + shared + batches
@@ -266,8 +395,8 @@ def drive(args):
                 argv = [me, "--side", "minivae", "--workloads", key] + shared + sizes
             else:
                 argv = [PEERS[side], "--workloads", key] + shared + sizes + batches
-            by_side[side] = pick(child(argv, args.verbose), workload)
-        summaries.append(summarize(workload, by_side, peak, args.threads))
+            lines_by_side[side] = measured(child(argv, args.verbose), workload)
+        summaries.append(summarize(workload, lines_by_side, peak, args.threads))
     return summaries
 
 
