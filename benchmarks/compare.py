@@ -15,6 +15,8 @@ leak), in turn, interleaved per workload. Their JSON lines are passed through; t
 summary line per workload: the throughputs, the ratios minivae / peer (>1: minivae faster),
 this machine's float32 matmul peak (big np.matmul, measured in the same run), and whether the
 sides agree on a value check at the shared initial weights (same model, same numbers).
+minivae measures each path it has (fused kernels, library loop, plain NumPy), fastest expected
+first; the summary uses the first and lists all under `minivae_impls`.
 
 `--side minivae --workloads b,c,m` runs minivae's side of (b), (c) and the matmul peak in this
 process; it is what the driver calls.
