@@ -12,8 +12,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:          # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
+# The repository root goes first, ahead of benchmarks/ (a script's own sys.path[0]): a checkout
+# without `pip install -e .` still finds minivae and kernels, and benchmarks/kernels.py does not
+# shadow the kernels package.
+if str(ROOT) in sys.path:
+    sys.path.remove(str(ROOT))
+sys.path.insert(0, str(ROOT))
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
