@@ -372,9 +372,12 @@ def summarize(workload, lines_by_side, peak, threads):
 
 
 def drive(args):
+    with tempfile.TemporaryDirectory(prefix="minivae-bench-") as tmp:
+        return drive_in(args, os.path.join(tmp, "init.npz"))
+
+
+def drive_in(args, weights):
     sides = args.sides.split(",")
-    tmp = tempfile.mkdtemp(prefix="minivae-bench-")
-    weights = os.path.join(tmp, "init.npz")
     common.save_weights(weights, common.init_weights(args.seed))
     shared = ["--weights", weights] + (["--threads", args.threads] if args.threads else [])  # 0: defaults
     sizes = ["--repeats", args.repeats, "--ais-data", args.ais_data, "--ais-chains", args.ais_chains,
