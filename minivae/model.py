@@ -30,8 +30,8 @@ def init_params(cfg, rng, xp=np):
 
 
 def encode(params, cfg, x):
-    """x: (B, D) -> per-datapoint parameters of q, h: (B, P)."""
-    return nn.mlp(params, "enc", x, cfg.enc_layers + 1, cfg.act)
+    """x: (B, D) -> per-datapoint parameters of q, h: (B, P). backward gives dx = None."""
+    return nn.mlp(params, "enc", x, cfg.enc_layers + 1, cfg.act, need_dx=False)
 
 
 def decode(params, cfg, z):

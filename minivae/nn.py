@@ -22,13 +22,17 @@ def add_grads(total, new):
     return total
 
 
-def linear(params, prefix, x):
-    """y = x W + b. x: (..., in) with shared W (in, out), or (N, S, in) with W (N, in, out)."""
+def linear(params, prefix, x, need_dx=True):
+    """y = x W + b. x: (..., in) with shared W (in, out), or (N, S, in) with W (N, in, out).
+
+    need_dx=False: backward returns dx = None (the data layer of an encoder needs no dx).
+    """
     W, b = params[prefix + ".W"], params[prefix + ".b"]
-    y = x @ W + b
+    y = x @ W
+    y += b
 
     def backward(dy):
-        dx = dy @ W.swapaxes(-1, -2)
+        dx = dy @ W.swapaxes(-1, -2) if need_dx else None
         if W.ndim == 2:
             x2, dy2 = x.reshape(-1, W.shape[0]), dy.reshape(-1, W.shape[1])
             dW, db = x2.T @ dy2, dy2.sum(0)
@@ -41,11 +45,12 @@ def linear(params, prefix, x):
 
 def elu(x):
     xp = get_xp(x)
-    pos = x > 0
-    y = xp.where(pos, x, xp.expm1(xp.minimum(x, 0)))
+    # branch-free: np.where on a random sign mask mispredicts; these are the same values
+    y = xp.expm1(xp.minimum(x, 0))
+    y += xp.maximum(x, 0)
 
     def backward(dy):
-        return dy * xp.where(pos, 1, y + 1)
+        return dy * xp.minimum(y + 1, 1)
 
     return y, backward
 
@@ -77,12 +82,12 @@ def identity(x):
 ACTIVATIONS = {"elu": elu, "tanh": tanh, "sigmoid": sigmoid, "linear": identity}
 
 
-def mlp(params, prefix, x, n_layers, act="elu"):
+def mlp(params, prefix, x, n_layers, act="elu", need_dx=True):
     """Linear layers `prefix.fc0 .. fc{n-1}` with `act` between them (none after the last)."""
     backs = []
     h = x
     for i in range(n_layers):
-        h, back = linear(params, f"{prefix}.fc{i}", h)
+        h, back = linear(params, f"{prefix}.fc{i}", h, need_dx or i > 0)
         backs.append(back)
         if i < n_layers - 1:
             h, back_act = ACTIVATIONS[act](h)

@@ -3,8 +3,6 @@
 Bernoulli models show sigmoid(logits), Gaussian ones their mean clipped to [0, 1].
 """
 import math
-import os
-import tempfile
 
 import numpy as np
 
@@ -51,18 +49,9 @@ def write_png(path, image, zoom=1):
         from matplotlib import image as mpimg
     except ImportError:
         raise MinivaeError("install the plot extra: pip install -e '.[plot]'")
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
+    with io.atomic_path(path) as tmp:
         big = np.kron(image, np.ones((zoom, zoom)))               # nearest-neighbour upscaling
         mpimg.imsave(tmp, big, cmap="gray", vmin=0, vmax=1, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def run(ckpt, n=64, out="samples.png", seed=0, device="cpu", dtype="float32", zoom=3):
