@@ -1,0 +1,170 @@
+"""Bounds -> the inference-gap table (paper 3.1, Table 2).
+
+Per datapoint i (all stages hold the same first N datapoints of one split):
+  log p^(x)_i   = max(L_IWAE[q]_i, L_AIS_i)          (the max is taken per datapoint)
+  Approximation = log p^(x)_i - L_VAE[q*]_i
+  Amortization  = L_VAE[q*]_i - L_VAE[q]_i
+  Inference     = log p^(x)_i - L_VAE[q]_i           (= Approximation + Amortization)
+where q* is of the family the model was trained with (paper Table 2); for a model trained
+with a full-covariance q, `gaps` also fits a local full-covariance q* and uses it (Table 10
+shows bounds only; without that stage the gap rows are n/a). Each row is the mean over
+datapoints with its standard error std_i / sqrt(N) (gaps: of the per-datapoint differences).
+"""
+import csv
+import io as _io
+import json
+import math
+
+import numpy as np
+
+from . import io
+from .errors import MinivaeError
+from .posteriors import get_family
+from .progress import Progress
+
+LABELS = dict(logp="log p^(x)", qstar_flow="L_VAE[q*_Flow]", qstar_ffg="L_VAE[q*_FFG]",
+              qstar_fullcov="L_VAE[q*_FullCov]", elbo="L_VAE[q]",
+              approximation="Approximation", amortization="Amortization", inference="Inference",
+              iwae="L_IWAE[q]", ais="L_AIS")
+FORMATS = ("table", "markdown", "json", "csv")
+
+
+def _row(key, values):
+    if values is None:
+        return dict(key=key, label=LABELS[key], mean=None, se=None, n=0)
+    v = np.asarray(values, dtype=np.float64)
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return dict(key=key, label=LABELS[key], mean=float(v.mean()), se=se, n=len(v))
+
+
+def gap_table(results, trained_q):
+    """Rows of the paper's Table 2 column for a model trained with family `trained_q`.
+
+    results: per-datapoint bounds (N,) under any of "elbo" (L_VAE[q]), "iwae", "ais",
+    "qstar_ffg", "qstar_flow", "qstar_fullcov"; a missing one gives rows with mean None.
+    Returns a list of dict(key, label, mean, se, n): log p^(x), the q* bounds, L_VAE[q], the
+    three gaps, then L_IWAE[q] and L_AIS (the parts of log p^(x)).
+    """
+    r = {k: np.asarray(v, dtype=np.float64) for k, v in results.items() if v is not None}
+    sizes = {k: len(v) for k, v in r.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"bounds over different numbers of datapoints: {sizes}")
+    tight = [r[k] for k in ("iwae", "ais") if k in r]
+    logp = np.maximum.reduce(tight) if tight else None
+    qstar = r.get(f"qstar_{trained_q}")
+    elbo = r.get("elbo")
+
+    def diff(a, b):
+        return None if a is None or b is None else a - b
+
+    qstar_keys = ["qstar_flow", "qstar_ffg"] + (["qstar_fullcov"] if trained_q == "fullcov"
+                                                or "qstar_fullcov" in r else [])
+    return ([_row("logp", logp)] + [_row(k, r.get(k)) for k in qstar_keys]
+            + [_row("elbo", elbo), _row("approximation", diff(logp, qstar)),
+               _row("amortization", diff(qstar, elbo)), _row("inference", diff(logp, elbo)),
+               _row("iwae", r.get("iwae")), _row("ais", r.get("ais"))])
+
+
+def _cell(row, digits=2):
+    if row["mean"] is None:
+        return "n/a"
+    se = "" if math.isnan(row["se"]) else f" +- {row['se']:.{digits}f}"
+    return f"{row['mean']:.{digits}f}{se}"
+
+
+def format_rows(rows, fmt="table", trained_q="ffg", meta=None):
+    """The table as text: an aligned plain table, markdown, JSON or CSV."""
+    meta = dict(meta or {})
+    n = max((r["n"] for r in rows), default=0)
+    if fmt == "json":
+        clean = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+                 for r in rows]
+        return json.dumps(dict(trained_q=trained_q, n=n, **meta, rows=clean), indent=2)
+    if fmt == "csv":
+        buf = _io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["key", "label", "mean", "se", "n"])
+        for r in rows:
+            w.writerow([r["key"], r["label"], "" if r["mean"] is None else repr(r["mean"]),
+                        "" if r["se"] is None else repr(r["se"]), r["n"]])
+        return buf.getvalue().rstrip("\n")
+    head = f"trained q_{trained_q.upper() if trained_q == 'ffg' else trained_q.capitalize()}"
+    if fmt == "markdown":
+        lines = [f"| nats (mean +- s.e., {n} datapoints) | {head} |", "| --- | ---: |"]
+        lines += [f"| {r['label']} | {_cell(r)} |" for r in rows]
+        return "\n".join(lines)
+    if fmt == "table":
+        width = max(len(r["label"]) for r in rows)
+        lines = [f"{head}: mean +- standard error over {n} datapoints (nats)"]
+        lines += [f"  {r['label']:<{width}}  {_cell(r):>18}" for r in rows]
+        return "\n".join(lines)
+    raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+
+
+def iwae_stage(params, cfg, x, out, k=5000, seed=0, chunk=10000, meta=None, progress=True):
+    """(L_VAE[q], L_IWAE[q]) per row of x, reused from stage "iwae" of `out` when it holds at
+    least these rows with the same settings (datapoint i's noise depends on i only), else
+    computed with iwae.bounds and saved in the layout of `minivae iwae`."""
+    from . import iwae
+    meta = dict(meta or {})
+    attrs = dict(k=k, seed=seed, split=meta.get("split", ""), n=len(x), q=cfg.q, dtype=cfg.dtype,
+                 dataset=meta.get("dataset", cfg.dataset), checkpoint=meta.get("checkpoint", ""))
+    prev = io.load_results(out, "iwae")
+    if prev is not None:
+        old = {k: _plain(v) for k, v in prev[1].items()}
+        diff = [f"{k} {old.get(k)!r} != {v!r}" for k, v in attrs.items() if k != "n" and old.get(k) != v]
+        if diff:
+            raise MinivaeError(f"{out} already holds an 'iwae' stage made with other settings "
+                               f"({', '.join(diff)}): use a new --out, or the same settings")
+        if old["n"] >= len(x):
+            return prev[0]["elbo"][:len(x)], prev[0]["iwae"][:len(x)]
+    bar = Progress(len(x), "iwae datapoints", enabled=progress)
+    try:
+        elbo, iw = iwae.bounds(params, cfg, x, np.arange(len(x)), k, seed, chunk, bar)
+    finally:
+        bar.close()
+    io.save_results(out, "iwae", dict(elbo=elbo, iwae=iw, index=np.arange(len(x))), attrs)
+    return elbo, iw
+
+
+def collect(params, cfg, x, out, k=5000, chunk=10000, ais_settings=None, ais_block=10,
+            qstar=("ffg", "flow"), localopt_settings=None, seed=0, meta=None, progress=True):
+    """Run, or reuse from results file `out`, every bound of the gap table for the rows of x:
+    returns gap_table's input {elbo, iwae, ais (absent if ais_settings is None), qstar_<q>}."""
+    from . import ais, localopt
+    r = {}
+    r["elbo"], r["iwae"] = iwae_stage(params, cfg, x, out, k, seed, chunk, meta, progress)
+    if ais_settings is not None:
+        r["ais"] = ais.run(params, cfg, x, out, ais_settings, seed, ais_block, meta, progress)["estimate"]
+    for q in qstar:
+        s = {**(localopt_settings or {}), "seed": seed}
+        r[f"qstar_{q}"] = localopt.run(params, cfg, x, q, out, s, meta, progress)["elbo"]
+    return r
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def run_from_cli(opts):
+    from . import ais, evaluate, localopt
+    if opts["format"] not in FORMATS:
+        raise MinivaeError(f"unknown --format {opts['format']!r}: choose one of {', '.join(FORMATS)}")
+    evaluate.check_options(n=opts["n"], k=opts["k"], chunk=opts["chunk"])
+    params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
+    qstar = [q.strip() for q in opts["qstar"].split(",") if q.strip()]
+    if cfg.q not in qstar:
+        qstar.append(cfg.q)                      # the gaps need q* of the trained family
+    for q in qstar:
+        get_family(cfg.replace(q=q))             # fail early on an unknown family
+    s = None
+    if not opts["no_ais"]:
+        s = ais.Settings(**{k: opts[k] for k in ais.Settings.__dataclass_fields__})
+        ais.check_settings(s)
+    x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
+    meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)
+    lo = localopt.settings_from_options({**opts, "block": opts["localopt_block"]})
+    results = collect(params, cfg, x, opts["out"], opts["k"], opts["chunk"], s, opts["block"],
+                      qstar, lo, opts["seed"], meta, progress=True)
+    rows = gap_table(results, cfg.q)
+    print(format_rows(rows, opts["format"], cfg.q, dict(split=opts["split"], dataset=cfg.dataset)))

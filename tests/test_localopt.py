@@ -1,0 +1,168 @@
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from minivae import io, lingauss, localopt, model
+from minivae.config import Config
+from minivae.densities import LOG2PI
+from minivae.errors import MinivaeError
+from minivae.posteriors import get_family
+
+FAST = dict(samples=100, lr=0.02, check_every=50, patience=5)
+
+
+def exact_ffg_elbo(params, cfg, x, h):
+    """E_q[log p(x, z)] + H[q] for q = N(mu, diag exp(logvar)) on the linear-Gaussian model."""
+    W, b, s2 = params["dec.fc0.W"], params["dec.fc0.b"], cfg.obs_std ** 2
+    Z, D = W.shape
+    mu, var = h[:, :Z], np.exp(h[:, Z:])
+    r = x - mu @ W - b
+    lik = -0.5 * (D * (LOG2PI + np.log(s2)) + ((r * r).sum(1) + var @ (W * W).sum(1)) / s2)
+    prior = -0.5 * (Z * LOG2PI + (mu * mu + var).sum(1))
+    entropy = 0.5 * (h[:, Z:] + 1 + LOG2PI).sum(1)
+    return lik + prior + entropy
+
+
+def exact_gauss_kl(mu, L, m, P):
+    """KL(N(mu, L L^T) || N(m, P^-1)) per row."""
+    Z = P.shape[0]
+    S = L @ L.swapaxes(-1, -2)
+    d = m - mu
+    logdet_S = 2 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(-1)
+    return 0.5 * (np.einsum("ij,nji->n", P, S) + np.einsum("ni,ij,nj->n", d, P, d) - Z
+                  - np.linalg.slogdet(P)[1] - logdet_S)
+
+
+def test_ffg_qstar_reaches_the_mean_field_optimum():
+    cfg, params, x = lingauss.make(latent=3, data_dim=6, n=6)
+    fit = localopt.fit_local(params, cfg, get_family(cfg), x, np.random.default_rng(0),
+                             max_steps=5000, **FAST)
+    _, _, best = lingauss.optimal_ffg(params, cfg, x)
+    got = exact_ffg_elbo(params, cfg, x, fit["local"]["h"])
+    assert np.all(got <= best + 1e-9) and np.all(best - got < 0.05), best - got
+    assert fit["converged"].all() and np.all(fit["steps"] < 5000)
+
+
+def test_final_elbo_estimate_matches_the_exact_elbo_of_the_fitted_q():
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=5, seed=3)
+    family = get_family(cfg)
+    fit = localopt.fit_local(params, cfg, family, x, np.random.default_rng(0), max_steps=3000, **FAST)
+    est, se = localopt.local_elbo(params, cfg, family, x, fit["local"], np.random.default_rng(1),
+                                  samples=4000, budget=500)   # a small budget: many chunks
+    exact = exact_ffg_elbo(params, cfg, x, fit["local"]["h"])
+    assert np.all(np.abs(est - exact) < 5 * se + 1e-9)
+
+
+def test_stopping_rule_is_patience_checks_after_the_best_window_mean():
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=6)
+    fit = localopt.fit_local(params, cfg, get_family(cfg), x, np.random.default_rng(1),
+                             max_steps=4000, samples=20, lr=0.05, check_every=20, patience=4)
+    for trace, steps, conv in zip(fit["trace"], fit["steps"], fit["converged"]):
+        checks = steps // 20
+        assert conv and steps % 20 == 0
+        assert not np.isnan(trace[:checks]).any() and np.isnan(trace[checks:]).all()
+        best = np.argmax(trace[:checks])
+        assert checks - 1 - best == 4                                   # exactly `patience` after
+        assert np.all(np.maximum.accumulate(trace[:checks])[best:] == trace[best])
+
+
+def test_max_steps_bounds_the_run():
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=3)
+    fit = localopt.fit_local(params, cfg, get_family(cfg), x, np.random.default_rng(0),
+                             max_steps=130, samples=10, lr=1e-3, check_every=50, patience=10)
+    assert not fit["converged"].any() and np.all(fit["steps"] == 100)
+    assert fit["trace"].shape == (3, 2) and not np.isnan(fit["trace"]).any()
+
+
+@pytest.mark.parametrize("q", ["ffg", "flow"])
+def test_frozen_datapoints_are_never_written_again(q):
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=8, seed=2)
+    cfg = cfg.replace(q=q, flow_hidden=6)
+    frozen = {}
+
+    def snapshot(step, rows, local):
+        for i in sorted(set(range(8)) - set(rows.tolist()) - set(frozen)):
+            frozen[i] = {k: v[i].copy() for k, v in local.items()}
+
+    fit = localopt.fit_local(params, cfg, get_family(cfg), x, np.random.default_rng(0),
+                             max_steps=3000, samples=10, lr=0.02, check_every=20, patience=3,
+                             on_check=snapshot)
+    assert len(set(fit["steps"].tolist())) > 1          # they stopped at different steps
+    assert sorted(frozen) == list(range(8))
+    for i, snap in frozen.items():
+        for k, v in snap.items():
+            assert np.array_equal(fit["local"][k][i], v), (i, k)
+
+
+def test_local_fullcov_qstar_has_no_approximation_gap():
+    cfg, params, x = lingauss.make(latent=3, data_dim=6, n=4, seed=1)
+    family = get_family(cfg.replace(q="fullcov"))
+    fit = localopt.fit_local(params, cfg, family, x, np.random.default_rng(0),
+                             max_steps=8000, **FAST)
+    m, P = lingauss.posterior(params, cfg, x)
+    kl = exact_gauss_kl(fit["local"]["h"][:, :3], family.cholesky(fit["local"]["h"]), m, P)
+    assert np.all(kl < 0.05), kl                          # ELBO = log p(x) - KL
+    _, _, ffg = lingauss.optimal_ffg(params, cfg, x)
+    assert np.all(lingauss.log_px(params, cfg, x) - kl > ffg)
+
+
+def test_resume_after_an_interruption_gives_identical_results(tmp_path):
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=7)
+    s = dict(max_steps=400, samples=10, lr=0.02, check_every=20, patience=3, final_samples=200,
+             block=3, seed=5)
+    whole = localopt.run(params, cfg, x, "ffg", tmp_path / "a.h5", s, progress=False)
+    part = localopt.run(params, cfg, x, "ffg", tmp_path / "b.h5", s, progress=False, stop_after=1)
+    assert np.isnan(part["elbo"][3:]).all() and not np.isnan(part["elbo"][:3]).any()
+    assert io.load_results(tmp_path / "b.h5", "localopt_ffg")[1]["blocks_done"] == 1
+    again = localopt.run(params, cfg, x, "ffg", tmp_path / "b.h5", s, progress=False)
+    for k in whole:
+        assert np.array_equal(whole[k], again[k], equal_nan=k != "converged" and k != "steps"), k
+    arrays, attrs = io.load_results(tmp_path / "b.h5", "localopt_ffg")
+    assert attrs["blocks_done"] == 3 and attrs["lr"] == 0.02 and attrs["q"] == "ffg"
+    with pytest.raises(MinivaeError, match="other settings.*lr"):
+        localopt.run(params, cfg, x, "ffg", tmp_path / "b.h5", {**s, "lr": 0.01}, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A random (untrained) tiny MNIST model."""
+    cfg = Config(latent=2, enc_hidden=8, dec_hidden=8, enc_layers=1, dec_layers=1, dtype="float64")
+    path = tmp_path_factory.mktemp("ck") / "m.h5"
+    io.save_checkpoint(path, model.init_params(cfg, np.random.default_rng(0)), cfg)
+    return str(path)
+
+
+def invoke(*args):
+    from cli import main
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_localopt_runs_and_resumes(tiny_checkpoint, tmp_path):
+    out = tmp_path / "r.h5"
+    args = ["localopt", tiny_checkpoint, "--n", 4, "--out", out, "--max-steps", 200, "--samples", 5,
+            "--check-every", 20, "--patience", 2, "--final-samples", 50, "--block", 2]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    assert "mean L_VAE[q*_ffg]" in res.output
+    first, attrs = io.load_results(out, "localopt_ffg")
+    assert first["elbo"].shape == (4,) and attrs["split"] == "test" and attrs["blocks_done"] == 2
+    assert invoke(*args).exit_code == 0                     # all blocks done: reused as is
+    assert np.array_equal(io.load_results(out, "localopt_ffg")[0]["elbo"], first["elbo"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--q", "bogus"], "Invalid value for '--q'"),
+    (["--n", 100000], "--n 100000 is larger than the mnist test split"),
+    (["--n", 0], "--n must be positive"),
+    (["--max-steps", 10], "--max-steps (10) must be at least --check-every"),
+])
+def test_cli_localopt_bad_input(tiny_checkpoint, tmp_path, args, message):
+    res = invoke("localopt", tiny_checkpoint, "--out", tmp_path / "r.h5", *args)
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert message in res.output and res.output.count("Error:") == 1
+
+
+def test_cli_localopt_missing_checkpoint(tmp_path):
+    res = invoke("localopt", tmp_path / "nope.h5", "--out", tmp_path / "r.h5")
+    assert res.exit_code != 0 and res.output.startswith("Error: ") and "does not exist" in res.output
+    assert len(res.output.strip().splitlines()) == 1
