@@ -93,12 +93,12 @@ def anneal(target, z, betas, rngs, s, step, frozen=False, progress=None):
     R, Z = z.shape
     C = R // len(rngs)
     ll, gll = target(z, need_value=True)
-    logw = np.zeros(R)
+    logw = xp.zeros(R, np.float64)                               # on the device: no sync per step
     acc, nan = xp.zeros(R, np.int64), xp.zeros(R, np.int64)
     used = []                                                    # (T-1) x (R,) step sizes
     T = len(betas) - 1
     for t in range(1, T + 1):
-        logw += (betas[t] - betas[t - 1]) * to_numpy(ll).astype(np.float64)
+        logw += (betas[t] - betas[t - 1]) * ll.astype(np.float64)
         if t == T:
             break
         p0 = xp.asarray(np.concatenate([r.standard_normal((C, Z), dtype=dt) for r in rngs]))
@@ -111,18 +111,20 @@ def anneal(target, z, betas, rngs, s, step, frozen=False, progress=None):
         used.append(st)
         if not frozen:
             step = adapt_step(step, a, s.target_accept)
-        if progress is not None:
-            progress.update(1, accept=float(a.mean()))
+        if progress is not None:                                 # a metric only now and then: it syncs
+            progress.update(1, **({"accept": float(acc.sum() / (R * t))} if t % 20 == 1 else {}))
     steps = xp.stack(used) if used else xp.zeros((0, R), dt)
-    return logw.reshape(-1, C), dict(accept=acc, nan=nan, steps=steps)
+    return to_numpy(logw).reshape(-1, C), dict(accept=acc, nan=nan, steps=steps)
 
 
 def streams(seed, index, stream):
+    """One Generator per datapoint index: default_rng([seed, i, stream])."""
     return [np.random.default_rng([seed, int(i), stream]) for i in index]
 
 
-def frozen(steps, C):
-    """Per-transition step sizes of a tuning pass -> geometric mean over each datapoint's chains."""
+def chain_mean_steps(steps, C):
+    """Step sizes (T-1, R) of a run -> each datapoint's geometric mean over its chains, (T-1, R):
+    the frozen schedule of tune-then-freeze and of BDMC's reverse chains."""
     xp = get_xp(steps)
     T1, R = steps.shape
     g = xp.exp(xp.log(steps).reshape(T1, R // C, C).mean(2))     # (T-1, B)
@@ -162,14 +164,14 @@ def forward(params, cfg, x, index, seed, s, progress=None):
         z, rngs = start(TUNE)
         _, tuned = anneal(target, z, betas, rngs, s, step0, progress=progress)
         z, rngs = start(FINAL)
-        logw, info = anneal(target, z, betas, rngs, s, frozen(tuned["steps"], C), frozen=True,
+        logw, info = anneal(target, z, betas, rngs, s, chain_mean_steps(tuned["steps"], C), frozen=True,
                             progress=progress)
     elif s.adapt == "per-chain":
         z, rngs = start(FINAL)
         logw, info = anneal(target, z, betas, rngs, s, step0, progress=progress)
     else:
         raise MinivaeError(f"unknown --adapt {s.adapt!r}: choose per-chain or tune-then-freeze")
-    return summarize(logw, info, s), logw, frozen(info["steps"], C)
+    return summarize(logw, info, s), logw, chain_mean_steps(info["steps"], C)
 
 
 def check_settings(s):
