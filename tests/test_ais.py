@@ -287,3 +287,11 @@ def test_cli_bad_checkpoint_is_one_line(tmp_path, command):
         code, text = run_cli([command, path, "--n", "2", "--out", str(tmp_path / "r.h5")])
         assert code != 0 and "Traceback" not in text and len(text.strip().splitlines()) == 1
     assert not (tmp_path / "r.h5").exists()
+
+
+def test_cli_checkpoint_for_other_data_is_one_line(tmp_path):
+    cfg = Config(data_dim=20, latent=2, enc_hidden=4, dec_hidden=4, enc_layers=1, dec_layers=1)
+    path = str(tmp_path / "small.h5")
+    io.save_checkpoint(path, model.init_params(cfg, np.random.default_rng(0)), cfg)
+    code, text = run_cli(["ais", path, "--n", "2", "--out", str(tmp_path / "r.h5")])
+    assert code != 0 and "wrong checkpoint" in text and len(text.strip().splitlines()) == 1
