@@ -71,5 +71,165 @@ def train(**opts):
     training.run_from_cli(opts)
 
 
+def localopt_options(f):
+    """The settings of local q* fitting (paper 6.4), shared by `localopt` and `gaps`."""
+    for opt in reversed([
+        click.option("--max-steps", type=int, default=20000, help="safety bound on Adam steps per datapoint"),
+        click.option("--samples", type=int, default=100, help="Monte Carlo samples per ELBO step"),
+        click.option("--lr", type=float, default=1e-3, help="Adam learning rate"),
+        click.option("--check-every", type=int, default=100,
+                     help="compare the mean of the last N ELBOs with the best mean every N steps"),
+        click.option("--patience", type=int, default=10, help="stop after this many checks without improvement"),
+        click.option("--final-samples", type=int, default=5000, help="samples of the final L_VAE[q*]"),
+    ]):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@click.argument("ckpt", type=str)
+@click.option("--q", "q", type=click.Choice(["ffg", "flow", "fullcov"]), default="ffg",
+              help="family of the local q*")
+@click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
+@click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
+              help="results file (stage localopt_<q>); a rerun resumes after its last finished block")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="where datasets live (else $MINIVAE_DATA, else the user cache)")
+@click.option("--block", type=int, default=100,
+              help="datapoints optimised together; results are saved after each block (resume)")
+@localopt_options
+@common
+def localopt(**opts):
+    """Fit q* per datapoint (its own ELBO, Adam, paper 6.4) and save L_VAE[q*] (stage localopt_<q>)."""
+    from minivae import localopt as local
+    local.run_from_cli(opts)
+
+
+@main.command()
+@click.argument("ckpt", type=str)
+@click.option("--n", type=int, default=64, help="number of samples (a square-ish grid)")
+@click.option("--out", type=click.Path(dir_okay=False), default="samples.png", help="PNG to write")
+@common
+def sample(**opts):
+    """Decode z ~ N(0, I) and save the decoder's means as an image grid (needs the plot extra)."""
+    from minivae import sample as sampling
+    sampling.run_from_cli(opts)
+
+
+def ais_options(f):
+    """The AIS settings (paper 6.5 defaults), shared by `ais` and `bdmc`."""
+    for opt in reversed([
+        click.option("--chains", type=int, default=100, help="AIS chains per datapoint"),
+        click.option("--steps", type=int, default=500,
+                     help="annealing distributions beta_1..beta_T = 1 after the prior (T-1 HMC transitions)"),
+        click.option("--leapfrog", type=int, default=10, help="leapfrog steps per HMC trajectory"),
+        click.option("--schedule", type=click.Choice(["sigmoid", "linear"]), default="sigmoid",
+                     help="beta_t: sigmoid (Grosse et al. 2015, Wu et al. 2017) takes small steps near beta=0, "
+                          "where p(x|z)^beta changes the target fastest, and near beta=1; linear: t/T"),
+        click.option("--adapt", type=click.Choice(["per-chain", "tune-then-freeze"]), default="per-chain",
+                     help="per-chain: each chain's step size follows its own acceptance during the run (as Wu "
+                          "et al.; cheap, not exactly unbiased); tune-then-freeze: a tuning pass, then a "
+                          "fresh pass with its per-transition step sizes frozen (unbiased, twice the cost)"),
+        click.option("--target-accept", type=float, default=0.65,
+                     help="step sizes move as log s += 0.05 (accepted - target)"),
+        click.option("--step0", type=float, default=0.1, help="first leapfrog step size of every chain"),
+        click.option("--block", type=int, default=10,
+                     help="datapoints per block (block x chains rows per decoder call); results are saved "
+                          "after each block and a rerun with the same --out resumes"),
+    ]):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@click.argument("ckpt", type=str)
+@click.option("--k", type=int, default=5000, help="samples of q per datapoint")
+@click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
+@click.option("--chunk", type=int, default=10000,
+              help="rows (datapoints x samples) per decoder call; memory stays near "
+                   "chunk x data_dim x 6 values (about 190 MB at 10000 x 784 in float32) whatever --k is")
+@click.option("--out", type=click.Path(dir_okay=False), default="results.h5", help="results file (stage iwae)")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="where datasets live (else $MINIVAE_DATA, else the user cache)")
+@common
+def iwae(**opts):
+    """L_VAE[q] and L_IWAE[q] per datapoint from k samples of the model's own q (stage iwae)."""
+    from minivae import iwae as iw
+    iw.run_from_cli(opts)
+
+
+@main.command()
+@click.argument("ckpt", type=str)
+@click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
+@click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
+              help="results file (stage ais); a rerun resumes after its last finished block")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="where datasets live (else $MINIVAE_DATA, else the user cache)")
+@ais_options
+@common
+def ais(**opts):
+    """log p(x) >= AIS from the prior with HMC transitions (paper 6.5; stage ais)."""
+    from minivae import ais as annealing
+    annealing.run_from_cli(opts)
+
+
+@main.command()
+@click.argument("ckpt", type=str)
+@click.option("--n", type=int, default=100, help="datapoints simulated from the model")
+@click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
+              help="results file (stage bdmc); a rerun resumes after its last finished block")
+@ais_options
+@common
+def bdmc(**opts):
+    """Sandwich log p(x) of data simulated from the model: forward AIS (lower) and reverse AIS
+    from the exact posterior sample (upper), Grosse et al. 2015 (stage bdmc)."""
+    from minivae import bdmc as bidirectional
+    bidirectional.run_from_cli(opts)
+
+
+@main.command()
+@click.argument("ckpt", type=str)
+@click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
+@click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
+              help="results file: stages iwae, ais, localopt_<q> are reused from it or run and saved")
+@click.option("--format", "format", type=click.Choice(["table", "markdown", "json", "csv"]), default="table")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="where datasets live (else $MINIVAE_DATA, else the user cache)")
+@click.option("--k", type=int, default=5000, help="L_VAE[q] and L_IWAE[q]: samples of q per datapoint")
+@click.option("--chunk", type=int, default=10000, help="L_VAE/L_IWAE: rows (datapoints x samples) per decoder call")
+@ais_options
+@click.option("--no-ais", is_flag=True, help="skip AIS: log p^(x) from L_IWAE[q] alone")
+@click.option("--qstar", default="ffg,flow",
+              help="families of the local q* to fit (the trained family is always added)")
+@click.option("--localopt-block", type=int, default=100, help="q*: datapoints optimised together")
+@localopt_options
+@common
+def gaps(**opts):
+    """The inference-gap table (paper Table 2): log p^(x) = max(IWAE, AIS) per datapoint, L[q*_Flow],
+    L[q*_FFG], L[q], approximation, amortization, inference; --block is AIS's block."""
+    from minivae import gaps as gap
+    gap.run_from_cli(opts)
+
+
+@main.command()
+@click.argument("experiment", type=click.Choice(["table2", "table3", "table4", "table5", "table6",
+                                                 "table10", "fig2", "fig3"]))
+@click.option("--dataset", type=click.Choice(["mnist", "fashion"]), default="mnist")
+@click.option("--budget", type=click.Choice(["smoke", "cpu", "paper"]), default="cpu",
+              help="smoke: minutes, tiny; cpu: a few hours on 2 cores; paper: the paper's settings")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="folder for models, results, figures and report.md [default: runs/EXPERIMENT-DATASET-BUDGET]")
+@click.option("--seed", type=int, default=0, help="same seed, same numbers")
+def reproduce(experiment, dataset, budget, out, seed):
+    """Run one of the paper's experiments and write DIR/report.md beside the paper's numbers.
+    Reruns reuse finished models and result stages."""
+    from minivae import reproduce as repro
+    repro.run(experiment, dataset, budget, out or f"runs/{experiment}-{dataset}-{budget}", seed)
+
+
 if __name__ == "__main__":
     sys.exit(main())
