@@ -50,16 +50,28 @@ def posterior_summary(lj, g):
                 corr=corr, mode_ratio=np.array([_second_mode(wi) for wi in w]))
 
 
-def _second_mode(w):
-    """Height of the second-highest local maximum relative to the highest (0: unimodal)."""
+def _second_mode(w, min_dip=0.5):
+    """Height of the second-highest mode relative to the highest (0: unimodal). A local
+    maximum counts as a mode only if the density on the straight line to the highest peak dips
+    below `min_dip` times its height: grid noise on a narrow peak is not a second mode."""
     c = w[1:-1, 1:-1]
     peak = np.ones_like(c, bool)
     for di in (-1, 0, 1):
         for dj in (-1, 0, 1):
             if di or dj:
                 peak &= c >= w[1 + di:w.shape[0] - 1 + di, 1 + dj:w.shape[1] - 1 + dj]
-    heights = np.sort(c[peak])[::-1]
-    return heights[1] / heights[0] if len(heights) > 1 else 0.0
+    ij = np.argwhere(peak) + 1
+    if len(ij) < 2:                          # one mode, or the peak sits on the grid's edge
+        return 0.0
+    heights = w[ij[:, 0], ij[:, 1]]
+    order = np.argsort(heights)[::-1]
+    top = ij[order[0]]
+    for k in order[1:]:
+        t = np.linspace(0, 1, 50)[:, None]
+        line = np.rint(top + t * (ij[k] - top)).astype(int)
+        if w[line[:, 0], line[:, 1]].min() < min_dip * heights[k]:
+            return heights[k] / heights[order[0]]
+    return 0.0
 
 
 def amortized_elbo(params, cfg, x, rng, k=1000):

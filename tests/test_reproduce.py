@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from minivae import fig2, reproduce
+
+
+def test_second_mode_needs_a_dip_between_peaks():
+    g = np.linspace(-5, 5, 61)
+    X, Y = np.meshgrid(g, g)
+    one = np.exp(-((X - 1) ** 2 + Y ** 2) / 0.5)
+    two = one + 0.5 * np.exp(-((X + 2) ** 2 + Y ** 2) / 0.5)
+    noisy = one * (1 + 1e-3 * np.random.default_rng(0).standard_normal(one.shape))
+    assert fig2._second_mode(one) == 0 and fig2._second_mode(noisy) == 0
+    assert abs(fig2._second_mode(two) - 0.5) < 1e-6
+
+
+def test_posterior_summary_of_a_gaussian_grid():
+    g = np.linspace(-6, 6, 241)
+    X, Y = np.meshgrid(g, g, indexing="xy")
+    cov = np.array([[1.0, 0.6], [0.6, 0.8]])
+    P = np.linalg.inv(cov)
+    d = np.stack([X - 0.5, Y + 1], -1)
+    lj = -0.5 * np.einsum("...i,ij,...j", d, P, d) - np.log(2 * np.pi) - 0.5 * np.log(np.linalg.det(cov)) + 3.0
+    s = fig2.posterior_summary(lj[None], g)
+    assert abs(s["logpx"][0] - 3.0) < 1e-6
+    np.testing.assert_allclose(s["mean"][0], [0.5, -1], atol=1e-6)
+    assert abs(s["corr"][0] - 0.6 / np.sqrt(0.8)) < 1e-4
+
+
+def test_pick_four_gives_four_different_datapoints():
+    summ = dict(mode_ratio=np.array([0, 0, 0, 0.5, 0, 0.1]), corr=np.array([0.1, 0.9, 0.2, 0.3, 0.1, 0.0]))
+    gap = np.array([0.5, 1.0, 9.0, 2.0, 0.4, 3.0])
+    a, b, c, d = fig2.pick_four(summ, gap)
+    assert (a, b, c, d) == (4, 1, 2, 3)
+
+
+def test_report_table_puts_ours_beside_the_papers():
+    rows = [dict(key="logp", label="log p^(x)", mean=-90.0, se=0.5, n=10),
+            dict(key="approximation", label="Approximation", mean=1.2, se=0.1, n=10),
+            dict(key="ais", label="L_AIS", mean=None, se=None, n=0)]
+    text = reproduce.table_markdown("table2", "mnist", {"ffg": ("ffg", rows)})
+    assert "| log p^(x) | -90.00 ± 0.50 | -89.80 |" in text
+    assert "| Approximation | 1.20 ± 0.10 | 1.43 |" in text and "L_AIS" not in text
+    assert "no numbers" in reproduce.table_markdown("table4", "mnist", {"base": ("ffg", rows)})
+
+
+def test_every_experiment_names_models_and_budgets_are_complete():
+    for e in reproduce.EXPERIMENTS:
+        if e.startswith("table"):
+            specs, qstar = reproduce.models(e)
+            assert specs and set(qstar) <= {"ffg", "flow"}
+    for b in reproduce.BUDGETS.values():
+        assert {"train", "n", "k", "ais", "localopt", "fig2", "fig3"} <= set(b)
+
+
+def smoke(tmp_path, experiment):
+    out = tmp_path / experiment
+    result = CliRunner().invoke(cli.main, ["reproduce", experiment, "--budget", "smoke", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    assert "## Wall time" in report and "## Settings" in report
+    return out, report
+
+
+def test_smoke_table2(tmp_path):
+    out, report = smoke(tmp_path, "table2")
+    assert "ffg (paper)" in report and "Amortization" in report
+    # a rerun reuses the finished models and results
+    result = CliRunner().invoke(cli.main, ["reproduce", "table2", "--budget", "smoke", "--out", str(out)])
+    assert result.exit_code == 0 and "reusing" in result.output
+
+
+def test_smoke_fig2(tmp_path):
+    out, report = smoke(tmp_path, "fig2")
+    assert (out / "fig2.png").stat().st_size > 1000 and "fig2.png" in report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["table3", "table4", "table5", "table6", "table10", "fig3"])
+def test_smoke_other_experiments(tmp_path, experiment):
+    smoke(tmp_path, experiment)
+
+
+def test_unknown_budget_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli.main, ["reproduce", "table2", "--budget", "huge"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
