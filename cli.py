@@ -74,6 +74,8 @@ def train(**opts):
 def localopt_options(f):
     """The settings of local q* fitting (paper 6.4), shared by `localopt` and `gaps`."""
     for opt in reversed([
+        click.option("--init", type=click.Choice(["prior", "encoder"]), default="prior",
+                     help="start q* at N(0, I) (the paper) or at the trained encoder's q (faster)"),
         click.option("--max-steps", type=int, default=20000, help="safety bound on Adam steps per datapoint"),
         click.option("--samples", type=int, default=100, help="Monte Carlo samples per ELBO step"),
         click.option("--lr", type=float, default=1e-3, help="Adam learning rate"),

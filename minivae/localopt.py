@@ -18,7 +18,7 @@ from .optim import batched_adam_init, batched_adam_step
 from .posteriors import get_family
 from .progress import Progress
 
-DEFAULTS = dict(max_steps=20000, samples=100, lr=1e-3, check_every=100, patience=10,
+DEFAULTS = dict(init="prior", max_steps=20000, samples=100, lr=1e-3, check_every=100, patience=10,
                 final_samples=5000, block=100, seed=0)
 
 
@@ -27,14 +27,17 @@ def _take(d, sel):
 
 
 def fit_local(params, cfg, family, x, rng, max_steps=20000, samples=100, lr=1e-3,
-              check_every=100, patience=10, on_check=None):
+              check_every=100, patience=10, on_check=None, h0=None):
     """Maximise each row's ELBO over its own q: x (N, D) -> dict(local params (N, ...) under
     "h" and the family's `q.*` keys, steps (N,), converged (N,), trace (N, max_steps // check_every)
-    of the window-mean ELBO at each check, NaN after the stop). on_check(step, rows, local)."""
+    of the window-mean ELBO at each check, NaN after the stop). on_check(step, rows, local).
+    h0: starting h (N, P) instead of the family's N(0, I) (see `encoder_init`)."""
     xp = get_xp(x)
     n = x.shape[0]
     n_checks = max_steps // check_every
     h, nets = family.init_local(rng, n, x.dtype, xp)
+    if h0 is not None:
+        h = h0.astype(x.dtype, copy=True)
     local = {"h": h, **nets}
     trace = np.full((n, n_checks), np.nan)
     steps, converged = np.zeros(n, np.int64), np.zeros(n, bool)
@@ -48,11 +51,11 @@ def fit_local(params, cfg, family, x, rng, max_steps=20000, samples=100, lr=1e-3
     dlogw = None
     for step in range(1, n_checks * check_every + 1):
         eps = normal(rng, (len(rows), samples, family.noise_dim), xa)
-        logw, back = log_weights({**params, **work}, cfg, family, xa, work["h"], eps)
+        logw, back = log_weights({**params, **work}, cfg, family, xa, work["h"], eps,
+                                 decoder_grads=False)
         if dlogw is None or dlogw.shape != logw.shape:
             dlogw = xp.full(logw.shape, 1.0 / samples, dtype=logw.dtype)
         dh, grads = back(dlogw)
-        # the decoder's grads are computed by log_weights' backward and dropped here
         batched_adam_step(work, {"h": dh, **{k: grads[k] for k in work if k != "h"}}, adam, lr, on)
         window[:, (step - 1) % check_every] = logw.mean(1)
         if step % check_every:
@@ -79,6 +82,15 @@ def fit_local(params, cfg, family, x, rng, max_steps=20000, samples=100, lr=1e-3
         if not len(rows):
             break
     return dict(local=local, steps=steps, converged=converged, trace=trace)
+
+
+def encoder_init(params, cfg, q, x):
+    """h of q* started at the trained encoder's q(z|x) (q(z0|x) for a flow), instead of the
+    paper's N(0, I): a warm start that reaches the same optimum in far fewer steps."""
+    if cfg.q == "fullcov" or q == "fullcov":
+        raise MinivaeError("--init encoder needs an FFG or flow encoder and q*; use --init prior")
+    from .model import encode
+    return encode(params, cfg, x)[0][:, :2 * cfg.latent]
 
 
 def local_elbo(params, cfg, family, x, local, rng, samples=5000, budget=2 ** 22):
@@ -120,6 +132,8 @@ def run(params, cfg, x, q, out, settings=None, meta=None, progress=True, stop_af
     for name in ("max_steps", "samples", "check_every", "patience", "final_samples", "block"):
         if s[name] < 1:
             raise MinivaeError(f"--{name.replace('_', '-')} must be at least 1 (got {s[name]})")
+    if s["init"] not in ("prior", "encoder"):
+        raise MinivaeError(f"unknown --init {s['init']!r}: choose prior or encoder")
     if s["max_steps"] < s["check_every"]:
         raise MinivaeError(f"--max-steps ({s['max_steps']}) must be at least --check-every "
                            f"({s['check_every']})")
@@ -146,8 +160,9 @@ def run(params, cfg, x, q, out, settings=None, meta=None, progress=True, stop_af
         def report(step, rows, local):
             bar.update(0, block=f"{b + 1}/{n_blocks}", step=step, running=len(rows))
 
+        h0 = encoder_init(params, cfg, q, xb) if s["init"] == "encoder" else None
         fit = fit_local(params, cfg, family, xb, rng, s["max_steps"], s["samples"], s["lr"],
-                        s["check_every"], s["patience"], on_check=report)
+                        s["check_every"], s["patience"], on_check=report, h0=h0)
         elbo, se = local_elbo(params, cfg, family, xb, fit["local"], rng, s["final_samples"])
         arrays["elbo"][lo:hi], arrays["elbo_se"][lo:hi] = elbo, se
         for k in ("steps", "converged", "trace"):

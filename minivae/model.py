@@ -34,10 +34,11 @@ def encode(params, cfg, x):
     return nn.mlp(params, "enc", x, cfg.enc_layers + 1, cfg.act, need_dx=False)
 
 
-def decode(params, cfg, z):
+def decode(params, cfg, z, need_grads=True):
     """z: (..., Z) -> logits (Bernoulli) or mean (Gaussian): (..., D)."""
     lead = z.shape[:-1]
-    out, back = nn.mlp(params, "dec", z.reshape(-1, z.shape[-1]), cfg.dec_layers + 1, cfg.act)
+    out, back = nn.mlp(params, "dec", z.reshape(-1, z.shape[-1]), cfg.dec_layers + 1, cfg.act,
+                       need_grads=need_grads)
 
     def backward(dout):
         dz, grads = back(dout.reshape(-1, out.shape[-1]))
@@ -46,12 +47,12 @@ def decode(params, cfg, z):
     return out.reshape(lead + (out.shape[-1],)), backward
 
 
-def log_lik(params, cfg, x, z):
+def log_lik(params, cfg, x, z, need_grads=True):
     """log p(x|z): x (B, D), z (B, D)-matched (B, Z) or (B, K, Z) -> (B,) or (B, K).
 
-    backward(dll) -> (dz, decoder grads).
+    backward(dll) -> (dz, decoder grads); need_grads=False: dz only (grads {}).
     """
-    out, back = decode(params, cfg, z)
+    out, back = decode(params, cfg, z, need_grads)
     xb = x[:, None, :] if z.ndim == x.ndim + 1 else x
     if cfg.likelihood == "bernoulli":
         ll, dout = bernoulli_logits(xb, out)
@@ -66,6 +67,6 @@ def log_lik(params, cfg, x, z):
 
 def log_joint(params, cfg, x, z, beta=1.0):
     """log p(z) + beta * log p(x|z) and its gradient wrt z (decoder grads not needed)."""
-    ll, back = log_lik(params, cfg, x, z)
+    ll, back = log_lik(params, cfg, x, z, need_grads=False)
     dz, _ = back(get_xp(z).full(ll.shape, beta, dtype=z.dtype))
     return log_std_normal(z) + beta * ll, dz - z

@@ -22,10 +22,11 @@ def add_grads(total, new):
     return total
 
 
-def linear(params, prefix, x, need_dx=True):
+def linear(params, prefix, x, need_dx=True, need_grads=True):
     """y = x W + b. x: (..., in) with shared W (in, out), or (N, S, in) with W (N, in, out).
 
     need_dx=False: backward returns dx = None (the data layer of an encoder needs no dx).
+    need_grads=False: backward returns no parameter gradients (a fixed decoder, as in q*).
     """
     W, b = params[prefix + ".W"], params[prefix + ".b"]
     y = x @ W
@@ -33,6 +34,8 @@ def linear(params, prefix, x, need_dx=True):
 
     def backward(dy):
         dx = dy @ W.swapaxes(-1, -2) if need_dx else None
+        if not need_grads:
+            return dx, {}
         if W.ndim == 2:
             x2, dy2 = x.reshape(-1, W.shape[0]), dy.reshape(-1, W.shape[1])
             dW, db = x2.T @ dy2, dy2.sum(0)
@@ -82,12 +85,12 @@ def identity(x):
 ACTIVATIONS = {"elu": elu, "tanh": tanh, "sigmoid": sigmoid, "linear": identity}
 
 
-def mlp(params, prefix, x, n_layers, act="elu", need_dx=True):
+def mlp(params, prefix, x, n_layers, act="elu", need_dx=True, need_grads=True):
     """Linear layers `prefix.fc0 .. fc{n-1}` with `act` between them (none after the last)."""
     backs = []
     h = x
     for i in range(n_layers):
-        h, back = linear(params, f"{prefix}.fc{i}", h, need_dx or i > 0)
+        h, back = linear(params, f"{prefix}.fc{i}", h, need_dx or i > 0, need_grads)
         backs.append(back)
         if i < n_layers - 1:
             h, back_act = ACTIVATIONS[act](h)

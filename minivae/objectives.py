@@ -13,13 +13,13 @@ from .densities import log_std_normal
 from .nn import add_grads
 
 
-def log_weights(params, cfg, family, x, h, eps, lam=1.0):
+def log_weights(params, cfg, family, x, h, eps, lam=1.0, decoder_grads=True):
     """log w: (B, K) for posterior parameters h (B, P) and noise eps (B, K, E).
 
-    backward(dlogw) -> (dh, grads of the decoder and the family's nets).
+    backward(dlogw) -> (dh, grads of the decoder (unless decoder_grads=False) and the family's nets).
     """
     z, logq, back_q = family.sample(params, h, eps)
-    ll, back_ll = model.log_lik(params, cfg, x, z)
+    ll, back_ll = model.log_lik(params, cfg, x, z, decoder_grads)
     logw = ll + log_std_normal(z) - lam * logq
 
     def backward(dlogw):
