@@ -2,19 +2,14 @@
 
 100 datapoints x 100 samples on the paper's decoder 50-200-200-784 (ELU, Bernoulli, random
 weights), float32, FFG and Flow q* (Flow: every net per datapoint). What is timed is
-`localopt.fit_local` itself (noise draws, log_weights forward and backward, batched Adam, the
-ELBO window) for --steps steps, after a warm-up run. One JSON line per family and variant:
-  library       as shipped: log_weights' backward also computes the decoder's weight
-                gradients, which local optimisation throws away
-  no_dec_grads  the same with those weight gradients skipped (nn.linear patched for `dec.*`,
-                measurement only): what they cost
-CPU seconds count every thread of this process: on a busy machine, trust `cpu_steps_per_second`
-with --threads 1, or the wall numbers on an idle one.
+`localopt.fit_local` itself, as the library runs it (noise draws, the ELBO gradient without
+decoder weight gradients, batched Adam, the ELBO window) for --steps steps, after a warm-up
+run. One JSON line per family. CPU seconds count every thread of this process: on a busy
+machine trust `cpu_steps_per_second` with --threads 1, or the wall numbers on an idle one.
 
     python benchmarks/localopt.py [--steps 20] [--repeats 3] [--threads N] [--device cpu|gpu]
 """
 import argparse
-import contextlib
 import statistics
 import sys
 from pathlib import Path
@@ -26,30 +21,11 @@ common.early_threads()
 
 import numpy as np  # noqa: E402
 
-from minivae import localopt, nn  # noqa: E402
+from minivae import localopt  # noqa: E402
 from minivae.backend import device_xp, to_numpy  # noqa: E402
 from minivae.posteriors import get_family  # noqa: E402
 
 N, S = 100, 100
-
-
-@contextlib.contextmanager
-def decoder_weight_grads_skipped():
-    """nn.linear whose backward returns only dx for `dec.*` layers (measurement only)."""
-    plain = nn.linear
-
-    def linear(params, prefix, x):
-        y, back = plain(params, prefix, x)
-        if not prefix.startswith("dec."):
-            return y, back
-        W = params[prefix + ".W"]
-        return y, lambda dy: (dy @ W.swapaxes(-1, -2), {})
-
-    nn.linear = linear
-    try:
-        yield
-    finally:
-        nn.linear = plain
 
 
 def main():
@@ -74,13 +50,11 @@ def main():
                                      patience=10 ** 9)
             to_numpy(fit["local"]["h"][:1])
 
-        for variant, ctx in (("library", contextlib.nullcontext), ("no_dec_grads", decoder_weight_grads_skipped)):
-            with ctx():
-                t = common.time_repeats(run, a.repeats, warmup=1, sync=sync)
-            common.emit(workload=f"localopt_{q}", variant=variant, datapoints=N, samples=S,
-                        steps=a.steps, dtype="float32", device=a.device, threads=a.threads,
-                        **t.fields(), steps_per_second=a.steps / statistics.median(t.wall),
-                        cpu_steps_per_second=a.steps / statistics.median(t.cpu))
+        t = common.time_repeats(run, a.repeats, warmup=1, sync=sync)
+        common.emit(workload=f"localopt_{q}", datapoints=N, samples=S, steps=a.steps,
+                    dtype="float32", device=a.device, threads=a.threads, **t.fields(),
+                    steps_per_second=a.steps / statistics.median(t.wall),
+                    cpu_steps_per_second=a.steps / statistics.median(t.cpu))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import io as _io
 import json
 import math
 
+import click
 import numpy as np
 
 from . import io
@@ -168,3 +169,8 @@ def run_from_cli(opts):
                       qstar, lo, opts["seed"], meta, progress=True)
     rows = gap_table(results, cfg.q)
     print(format_rows(rows, opts["format"], cfg.q, dict(split=opts["split"], dataset=cfg.dataset)))
+    for q in qstar:                              # on stderr: stdout stays parseable
+        done = io.load_results(opts["out"], f"localopt_{q}")[0]["converged"][:len(x)]
+        if not done.all():
+            click.echo(f"note: q*_{q} converged by the stopping rule for {int(done.sum())}/{len(done)} "
+                       f"datapoints; the others stopped at --max-steps {opts['max_steps']}", err=True)

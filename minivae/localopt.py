@@ -116,9 +116,12 @@ def _plain(v):
 
 
 def check_settings(out, stage, prev_attrs, attrs):
-    """A clear error when a stage in `out` was made with other settings than `attrs`."""
-    diff = [f"{k}: {_plain(prev_attrs.get(k))!r} there vs {v!r} now" for k, v in attrs.items()
-            if _plain(prev_attrs.get(k)) != v]
+    """A clear error when a stage in `out` was made with other settings than `attrs`. A setting
+    the stage does not record (written before it existed) counts as its default."""
+    def old(k):
+        return _plain(prev_attrs[k]) if k in prev_attrs else DEFAULTS.get(k)
+
+    diff = [f"{k}: {old(k)!r} there vs {v!r} now" for k, v in attrs.items() if old(k) != v]
     if diff:
         raise MinivaeError(f"{out} already holds stage {stage} made with other settings "
                            f"({'; '.join(diff)}): pass the same settings to resume, or another --out")

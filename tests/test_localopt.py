@@ -166,3 +166,17 @@ def test_cli_localopt_missing_checkpoint(tmp_path):
     res = invoke("localopt", tmp_path / "nope.h5", "--out", tmp_path / "r.h5")
     assert res.exit_code != 0 and res.output.startswith("Error: ") and "does not exist" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_a_setting_the_stage_does_not_record_counts_as_its_default(tmp_path):
+    """Stages written before a setting existed still resume when it is left at its default."""
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=3)
+    s = dict(max_steps=100, samples=5, lr=0.02, check_every=20, patience=2, final_samples=20, block=3)
+    first = localopt.run(params, cfg, x, "ffg", tmp_path / "r.h5", s, progress=False)
+    arrays, attrs = io.load_results(tmp_path / "r.h5", "localopt_ffg")
+    io.save_results(tmp_path / "r.h5", "localopt_ffg", arrays,
+                    {k: v for k, v in attrs.items() if k != "samples"})
+    again = localopt.run(params, cfg, x, "ffg", tmp_path / "r.h5", {**s, "samples": 100}, progress=False)
+    assert np.array_equal(first["elbo"], again["elbo"])          # reused, not recomputed
+    with pytest.raises(MinivaeError, match="samples: 100 there vs 5 now"):
+        localopt.run(params, cfg, x, "ffg", tmp_path / "r.h5", s, progress=False)
