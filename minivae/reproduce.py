@@ -32,7 +32,7 @@ BUDGETS = {
                 n=100, k=5000, chunk=20000, ais=dict(chains=100, steps=500, leapfrog=10), ais_block=10,
                 localopt=dict(init="encoder", max_steps=10000, samples=100, check_every=100,
                               patience=10, final_samples=5000, block=100),
-                fig2=dict(epochs=300, train_size=0, lr=1e-3, pool=300, max_steps=20000, flow_samples=100000),
+                fig2=dict(epochs=200, train_size=0, lr=1e-3, pool=300, max_steps=20000, flow_samples=100000),
                 fig3=dict(epochs=121, every=20, small=1000, n=100, k=1000,
                           ais=dict(chains=20, steps=200, leapfrog=10))),
     # the paper's settings
