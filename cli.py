@@ -1,4 +1,5 @@
 """`minivae`: the command line. It only parses options and calls the library."""
+import os
 import sys
 
 import click
@@ -21,10 +22,34 @@ class Group(click.Group):
             ctx.exit(130)
 
 
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def set_threads(n):
+    """Size the BLAS, OpenMP and Numba thread pools. They read these variables when they load,
+    so this must run before numpy is imported (this file imports neither numpy nor the library
+    at the top). Where numpy is already loaded (in-process callers), only Numba's count can still
+    change, and the environment's NUMBA_NUM_THREADS is left alone (Numba refuses a new value
+    once its pool is up); BLAS keeps its threads, said on stderr."""
+    loaded = "numpy" in sys.modules
+    for var in THREAD_VARS[:3] if loaded else THREAD_VARS:
+        os.environ[var] = str(n)
+    if "numba" in sys.modules:
+        import numba
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    if loaded:
+        click.echo(f"--threads {n}: numpy is already loaded; its BLAS keeps its thread count", err=True)
+
+
 @click.group(cls=Group, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="minivae")
-def main():
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="threads of BLAS, OpenMP and Numba (OPENBLAS/OMP/MKL/NUMBA_NUM_THREADS) "
+                   "[default: the environment's]; 1 on a machine shared with other work")
+def main(threads):
     """Measure why a VAE's lower bound is loose: approximation vs amortization gaps."""
+    if threads is not None:
+        set_threads(threads)
 
 
 def common(f):

@@ -49,69 +49,37 @@ CHECK_RTOL = 1e-3
 
 # ---- minivae's side of (b), (c) and the matmul peak --------------------------------------------
 
-def ais_kernels(params, cfg, x, chains):
-    """HMC composed from the fused kernels (kernels.decoder_grad, leapfrog_*, hmc_accept), with
-    preallocated buffers: the fastest path the package offers, or None where kernels/ is not
-    there yet. State here is (z, log f, grad log f) rather than (z, l, grad l)."""
+def ais_library(params, cfg, x, chains, impl):
+    """The library's AIS inner loop: minivae.hmc.hmc_transition on minivae.ais.likelihood_target
+    (x once per datapoint, rows datapoint-major). impl="auto": the fused kernels with
+    preallocated buffers (state updated in place); "ref": the NumPy reference. None where the
+    checkout lacks them (or the fused form, for "auto")."""
     try:
-        import kernels
-    except ImportError:
+        from minivae import ais, hmc
+        target = ais.likelihood_target(params, cfg, np.ascontiguousarray(x[::chains]), chains, impl)
+    except (ImportError, TypeError):
         return None
-    R, Z = x.shape[0], params["dec.fc0.W"].shape[0]
-    x1 = x[::chains]                                   # (N, D): the kernels take x once per datapoint
-    buf = kernels.decoder_buffers(params, R)
-    beta = [1.0]
-    zn, p, acc, nan = (np.empty((R, Z), x.dtype), np.empty((R, Z), x.dtype),
-                       np.empty(R, np.int64), np.zeros(R, np.int64))
-
-    def target(z, need_value=True):
-        g, ll = kernels.decoder_grad(params, x1, z, chains, beta[0], need_value, buf)
-        return ll, g
-
-    def transition(z, logf, g, b, step, p0, log_u, L):
-        beta[0] = float(b)
-        zn[...], p[...] = z, p0
-        kernels.leapfrog_momentum(p, g, step, 0.5)
-        kernels.leapfrog_position(zn, p, step)
-        for _ in range(L - 1):
-            _, gn = target(zn, False)
-            kernels.leapfrog_momentum_position(p, zn, gn, step)
-        lln, gn = target(zn, True)
-        kernels.leapfrog_momentum(p, gn, step, 0.5)
-        logfn = -0.5 * (zn * zn).sum(-1) + beta[0] * lln
-        kernels.hmc_accept(z, logf, g, zn, logfn, gn, p0, p, log_u, step, acc, nan, 0.65, False)
-        return z, logf, g, acc
-
-    def start(z0, b):
-        """(log f, grad log f) at the start states, like the state `transition` carries."""
-        beta[0] = float(b)
-        ll, g = target(z0, True)
-        return -0.5 * (z0 * z0).sum(-1) + beta[0] * ll, g.copy()
-
-    return start, transition
-
-
-def ais_library(params, cfg, x):
-    """The library's AIS inner loop (minivae.hmc + minivae.ais.likelihood_target), or None
-    where those are not there yet."""
-    try:
-        from minivae.ais import likelihood_target
-        from minivae.hmc import hmc_transition
-    except ImportError:
+    if impl == "auto" and target.fused is None:
         return None
-    target = likelihood_target(params, cfg, x)
 
     def transition(z, ll, gll, beta, step, p0, log_u, L):
-        z, ll, gll, accepted, _ = hmc_transition(z, ll, gll, target, beta, step, p0, log_u, L)
+        z, ll, gll, accepted, _, _ = hmc.hmc_transition(z, ll, gll, target, beta, step, p0, log_u, L,
+                                                        impl=impl)
         return z, ll, gll, accepted
 
-    return target, transition
+    def start(z, beta):
+        return target.fused.start(z, beta) if impl == "auto" else target(z, need_value=True)
+
+    return start, transition
 
 
 def ais_plain(params, cfg, x):
     """Plain NumPy HMC on model.log_joint: the fallback, and the baseline the library beats."""
     from minivae import model
     from minivae.densities import log_std_normal
+
+    def start(z, beta):
+        return target(z)
 
     def target(z, need_value=True):
         # log_joint gives log p(z) + beta l(z) and its gradient; at beta = 1, l = that - log p(z)
@@ -131,7 +99,7 @@ def ais_plain(params, cfg, x):
         a = acc[:, None]
         return np.where(a, zn, z), np.where(acc, lln, ll), np.where(a, glln, gll), acc
 
-    return target, transition
+    return start, transition
 
 
 def minivae_ais(weights, args):
@@ -141,37 +109,23 @@ def minivae_ais(weights, args):
     R = len(x)
     beta, L = np.float32(common.AIS_BETA), common.AIS_LEAPFROG
     log2pi = z0.shape[-1] * np.log(2 * np.pi)
-    impls = []
-    try:
-        impls.append(("kernels.decoder_grad+leapfrog+hmc_accept",
-                      ais_kernels(weights, cfg, x, args.ais_chains)))
-    except Exception as e:       # kernels/ is being written: an API change should not stop the rest
-        common.skipped("ais_leapfrog", f"{type(e).__name__}: {e}", side="minivae", impl="kernels")
-    impls += [("minivae.hmc+ais.likelihood_target", ais_library(weights, cfg, x)),
-              ("numpy+model.log_joint", ais_plain(weights, cfg, x))]
+    impls = [("minivae.hmc fused: kernels.decoder_grad+leapfrog+hmc_accept",
+              ais_library(weights, cfg, x, args.ais_chains, "auto")),
+             ("minivae.hmc reference: numpy ais.likelihood_target",
+              ais_library(weights, cfg, x, args.ais_chains, "ref")),
+             ("numpy+model.log_joint", ais_plain(weights, cfg, x))]
     for impl, fns in impls:
         if fns is None:
             common.skipped("ais_leapfrog", "not present in this checkout", side="minivae", impl=impl)
             continue
         rng = np.random.default_rng(0)
         step = np.full(R, common.AIS_STEP, np.float32)   # per-row step sizes, as minivae.ais
-        if impl.startswith("kernels"):
-            start, transition = fns
-            try:
-                logf, g = start(z0.copy(), beta)
-            except Exception as e:
-                common.skipped("ais_leapfrog", f"{type(e).__name__}: {e}", side="minivae", impl=impl)
-                continue
-            check = dict(check_logp_mean=float(logf.mean()) - 0.5 * log2pi,
-                         check_grad_norm=float(np.linalg.norm(g.astype(np.float64))))
-            state = [z0.copy(), logf, g]
-        else:
-            target, transition = fns
-            ll, gll = target(z0, need_value=True)
-            logp0 = -0.5 * ((z0 * z0).sum(-1) + log2pi) + beta * ll
-            check = dict(check_logp_mean=float(logp0.mean()),
-                         check_grad_norm=float(np.linalg.norm((beta * gll - z0).astype(np.float64))))
-            state = [z0, ll, gll]
+        start, transition = fns
+        ll, gll = start(z0.copy(), beta)
+        logp0 = -0.5 * ((z0 * z0).sum(-1) + log2pi) + beta * ll
+        check = dict(check_logp_mean=float(logp0.mean()),
+                     check_grad_norm=float(np.linalg.norm((beta * gll - z0).astype(np.float64))))
+        state = [z0.copy(), ll, gll]
 
         def run():
             for _ in range(args.ais_transitions):

@@ -112,7 +112,7 @@ def kernel_cases(xp, dt, R, C, P):
     step = xp.full(R, 0.05, dt)
     logf, logfn = arr(R), arr(R)
     log_u = xp.asarray(np.log(rng.random(R)).astype(dt))
-    acc, nan = xp.zeros(R, np.int8), xp.zeros(R, np.int64)
+    acc, nan = xp.zeros(R, bool), xp.zeros(R, bool)
     ap, ag, am, av = arr(R, P), arr(R, P), arr(R, P, scale=0.1), xp.abs(arr(R, P, scale=0.1))
     t, active = xp.zeros(R, np.int64), xp.asarray(rng.random(R) < 0.9)
     return [
@@ -127,7 +127,7 @@ def kernel_cases(xp, dt, R, C, P):
         ("leapfrog_momentum_position", 5 * R * Z * it,
          lambda i: leapfrog.leapfrog_momentum_position(p, z, g, step, impl=i)),
         ("hmc_accept", 4 * R * Z * it,
-         lambda i: hmc_accept_mod.hmc_accept(z, logf, g, zn, logfn, gn, p, pn, log_u, step, acc, nan,
+         lambda i: hmc_accept_mod.hmc_accept(z, logf, g, zn, logfn, gn, p, pn, log_u, 0.5, step, acc, nan,
                                              0.65, False, impl=i)),
         ("ais_log_weight", 3 * R * it, lambda i: ais_weights.ais_log_weight(ll, logf, 0.001, impl=i)),
         ("adam_batched", 7 * R * P * it,
@@ -167,7 +167,7 @@ def bench_decoder(args, xp, dt, fast):
              "fused+ll": lambda: decoder.decoder_grad(params, x, z, C, beta, True, buf, impl=fast)}
     try:
         from minivae import ais
-        target = ais.likelihood_target(params, cfg, xp.repeat(x, C, axis=0))
+        target = ais.likelihood_target(params, cfg, x, C, impl="ref")
         cases["ais_numpy"] = lambda: target(z, need_value=False)
     except (ImportError, AttributeError):
         pass

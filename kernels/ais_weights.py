@@ -2,7 +2,8 @@
 
     logw += dbeta * ll,   ll = log p(x | z) at the current state, dbeta = beta_t - beta_{t-1}
 
-Trivial, but it keeps the annealing loop free of NumPy temporaries and on the device.
+Trivial, but it keeps the annealing loop free of NumPy temporaries and on the device. logw may
+be wider than ll (float64 weights of a float32 run): the product is taken in logw's dtype.
 """
 from numba import cuda, njit, prange
 
@@ -10,7 +11,7 @@ from . import _dispatch as dp
 
 
 def ais_log_weight_ref(logw, ll, dbeta):
-    logw += dbeta * ll
+    logw += dbeta * ll.astype(logw.dtype, copy=False)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

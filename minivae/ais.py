@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass
 import click
 import numpy as np
 
-from . import evaluate, nn
+from . import evaluate, hmc, nn
 from .backend import get_xp, to_numpy
 from .densities import bernoulli_logits, gaussian_lik
 from .errors import MinivaeError
-from .hmc import adapt_step, hmc_transition
 from .progress import Progress
 
 FINAL, TUNE, REVERSE, SIMULATE = 0, 1, 2, 3   # noise streams per datapoint
@@ -48,72 +47,132 @@ def schedule(T, kind="sigmoid", delta=4.0):
     raise MinivaeError(f"unknown schedule {kind!r}: choose sigmoid or linear")
 
 
-def likelihood_target(params, cfg, x):
-    """target(z, need_value) -> (log p(x|z) (R,) or None, d/dz (R, Z)) for rows x: (R, D).
+def fusable(cfg):
+    """Whether kernels.decoder_grad computes this decoder's l = log p(x|z): Bernoulli output,
+    ELU hidden layers (or none). Gaussian likelihoods and tanh decoders run the NumPy path."""
+    return cfg.likelihood == "bernoulli" and (cfg.act == "elu" or cfg.dec_layers == 0)
 
-    Decoder forward, then backward to z only: the decoder's weight gradients are not needed."""
+
+def likelihood_target(params, cfg, x, chains=1, impl="auto"):
+    """target(z, need_value) -> (log p(x|z) (R,) or None, d/dz (R, Z)) for rows z: (R, Z).
+
+    x: (N, D), once per datapoint; row r of z belongs to datapoint r // chains (datapoint-major).
+    Calling it runs the NumPy reference: decoder forward, then backward to z only (no weight
+    gradients). Its `fused` is the hmc.Fused form on kernels.decoder_grad with buffers for
+    exactly N * chains rows, or None (impl="ref", a model the kernels do not cover, no kernels).
+    """
     if cfg.likelihood not in ("bernoulli", "gaussian"):
         raise MinivaeError(f"AIS supports bernoulli and gaussian likelihoods, not {cfg.likelihood!r}")
-    n = cfg.dec_layers + 1
-    W = [params[f"dec.fc{i}.W"] for i in range(n)]
-    b = [params[f"dec.fc{i}.b"] for i in range(n)]
-    act = nn.ACTIVATIONS[cfg.act]
+    if impl not in ("auto", "ref"):
+        raise ValueError(f"impl must be auto or ref, not {impl!r}")
+    return LikelihoodTarget(params, cfg, x, chains, impl)
 
-    def target(z, need_value=True):
+
+class LikelihoodTarget:
+    """See likelihood_target."""
+
+    def __init__(self, params, cfg, x, chains, impl):
+        xp = get_xp(x)
+        self.cfg, self.n = cfg, cfg.dec_layers + 1
+        self.W = [params[f"dec.fc{i}.W"] for i in range(self.n)]
+        self.b = [params[f"dec.fc{i}.b"] for i in range(self.n)]
+        self.x = xp.repeat(x, chains, axis=0) if chains > 1 else x      # (R, D)
+        self.fused = None
+        k = hmc.kernels() if impl == "auto" and fusable(cfg) else None
+        if k is not None:
+            x1, buf = xp.ascontiguousarray(x), k.decoder_buffers(params, len(x) * chains, x.dtype)
+
+            def grad_log_f(z, beta, need_value):
+                g, ll = k.decoder_grad(params, x1, z, chains, beta, need_value, buf)
+                return g, ll, buf.grad_ll
+
+            self.fused = hmc.Fused(grad_log_f, buf.rows, cfg.latent, x.dtype, xp)
+
+    def __call__(self, z, need_value=True):
+        act, W, b = nn.ACTIVATIONS[self.cfg.act], self.W, self.b
         h, backs = z, []
-        for i in range(n):
+        for i in range(self.n):
             h = h @ W[i] + b[i]                                  # (R, H) ... (R, D)
-            if i < n - 1:
+            if i < self.n - 1:
                 h, back = act(h)
                 backs.append(back)
         ll = None
-        if cfg.likelihood == "gaussian":
-            ll, d = gaussian_lik(x, h, cfg.obs_std)
+        if self.cfg.likelihood == "gaussian":
+            ll, d = gaussian_lik(self.x, h, self.cfg.obs_std)
         elif need_value:
-            ll, d = bernoulli_logits(x, h)
+            ll, d = bernoulli_logits(self.x, h)
         else:                                                    # skip the softplus sum
-            d = x - 0.5 * (get_xp(h).tanh(0.5 * h) + 1)
-        for i in reversed(range(n)):
+            d = self.x - 0.5 * (get_xp(h).tanh(0.5 * h) + 1)
+        for i in reversed(range(self.n)):
             d = d @ W[i].T
             if i > 0:
                 d = backs[i - 1](d)
         return ll, d
 
-    return target
+
+class Noise:
+    """Each transition's momenta (R, Z) and log-uniforms (R,), datapoint i's rows from rngs[i],
+    drawn into buffers on the host (the same numbers on every device) and moved to x's device."""
+
+    def __init__(self, rngs, C, Z, dtype, xp):
+        self.rngs, self.C, self.xp, self.dtype = rngs, C, xp, dtype
+        self.p0 = np.empty((len(rngs) * C, Z), dtype)
+        self.log_u = np.empty(len(rngs) * C, dtype)
+
+    def draw(self):
+        C, dt = self.C, self.dtype
+        for i, r in enumerate(self.rngs):
+            r.standard_normal(dtype=dt, out=self.p0[i * C:(i + 1) * C])
+        for i, r in enumerate(self.rngs):
+            r.random(dtype=dt, out=self.log_u[i * C:(i + 1) * C])  # [0, 1)
+        np.subtract(1, self.log_u, out=self.log_u)                 # (0, 1]: the log is finite
+        np.log(self.log_u, out=self.log_u)
+        if self.xp is np:
+            return self.p0, self.log_u
+        return self.xp.asarray(self.p0), self.xp.asarray(self.log_u)
 
 
-def anneal(target, z, betas, rngs, s, step, frozen=False, progress=None):
+def anneal(target, z, betas, rngs, s, step, frozen=False, progress=None, impl="auto"):
     """Run chains along betas (increasing: forward AIS; decreasing: reverse AIS).
 
     z: (B*C, Z) start states, rngs: one Generator per datapoint. step: (R,) first step sizes
-    adapted per chain, or with frozen=True a (T-1, R) schedule used as is.
+    adapted per chain, or with frozen=True a (T-1, R) schedule used as is. impl="auto" runs the
+    fused kernels when the target has them (hmc.hmc_transition), "ref" the NumPy reference.
     Returns log w (B, C) float64 and per-row statistics (accepts, NaN rejects, step sizes used).
     """
     xp, dt = get_xp(z), z.dtype
     R, Z = z.shape
     C = R // len(rngs)
-    ll, gll = target(z, need_value=True)
+    T = len(betas) - 1
+    fused = hmc.fused_of(target, impl)
+    if fused is None:
+        ll, gll = target(z, need_value=True)
+    else:                                                        # updated in place from here on
+        z, step = z.copy(), step if frozen else step.copy()
+        ll, gll = fused.start(z, dt.type(betas[0]))
     logw = xp.zeros(R, np.float64)                               # on the device: no sync per step
     acc, nan = xp.zeros(R, np.int64), xp.zeros(R, np.int64)
-    used = []                                                    # (T-1) x (R,) step sizes
-    T = len(betas) - 1
+    steps = step if frozen else xp.empty((max(T - 1, 0), R), dt)  # (T-1, R) step sizes used
+    noise = Noise(rngs, C, Z, dt, xp)
+    tune = None if frozen else s.target_accept
     for t in range(1, T + 1):
-        logw += (betas[t] - betas[t - 1]) * ll.astype(np.float64)
+        if fused is None:
+            logw += (betas[t] - betas[t - 1]) * ll.astype(np.float64)
+        else:
+            hmc.kernels().ais_log_weight(logw, ll, betas[t] - betas[t - 1])
         if t == T:
             break
-        p0 = xp.asarray(np.concatenate([r.standard_normal((C, Z), dtype=dt) for r in rngs]))
-        u = np.concatenate([r.random(C, dtype=dt) for r in rngs])          # [0, 1)
-        log_u = xp.log(xp.asarray(1 - u))                                  # 1 - u > 0: finite
-        st = step[t - 1] if frozen else step
-        z, ll, gll, a, bad = hmc_transition(z, ll, gll, target, dt.type(betas[t]), st, p0, log_u, s.leapfrog)
+        p0, log_u = noise.draw()
+        if frozen:
+            step = steps[t - 1]
+        else:
+            steps[t - 1] = step
+        z, ll, gll, a, bad, step = hmc.hmc_transition(z, ll, gll, target, dt.type(betas[t]), step, p0,
+                                                      log_u, s.leapfrog, tune, impl)
         acc += a
         nan += bad
-        used.append(st)
-        if not frozen:
-            step = adapt_step(step, a, s.target_accept)
         if progress is not None:                                 # a metric only now and then: it syncs
             progress.update(1, **({"accept": float(acc.sum() / (R * t))} if t % 20 == 1 else {}))
-    steps = xp.stack(used) if used else xp.zeros((0, R), dt)
     return to_numpy(logw).reshape(-1, C), dict(accept=acc, nan=nan, steps=steps)
 
 
@@ -144,14 +203,14 @@ def summarize(logw, info, s):
     return out
 
 
-def forward(params, cfg, x, index, seed, s, progress=None):
-    """Forward AIS for datapoints x: (B, D) with split indices `index`.
+def forward(params, cfg, x, index, seed, s, progress=None, impl="auto"):
+    """Forward AIS for datapoints x: (B, D) with split indices `index`; impl as in anneal.
 
     Returns (per-datapoint stats dict, log w (B, C), the step sizes of its transitions as a
     frozen schedule (T-1, R): each datapoint's geometric mean over its chains)."""
     xp = get_xp(x)
     C = s.chains
-    target = likelihood_target(params, cfg, xp.repeat(x, C, axis=0))
+    target = likelihood_target(params, cfg, x, C, impl)
     betas = schedule(s.steps, s.schedule)
 
     def start(stream):
@@ -162,13 +221,13 @@ def forward(params, cfg, x, index, seed, s, progress=None):
     step0 = xp.full(len(index) * C, s.step0, x.dtype)
     if s.adapt == "tune-then-freeze":
         z, rngs = start(TUNE)
-        _, tuned = anneal(target, z, betas, rngs, s, step0, progress=progress)
+        _, tuned = anneal(target, z, betas, rngs, s, step0, progress=progress, impl=impl)
         z, rngs = start(FINAL)
         logw, info = anneal(target, z, betas, rngs, s, chain_mean_steps(tuned["steps"], C), frozen=True,
-                            progress=progress)
+                            progress=progress, impl=impl)
     elif s.adapt == "per-chain":
         z, rngs = start(FINAL)
-        logw, info = anneal(target, z, betas, rngs, s, step0, progress=progress)
+        logw, info = anneal(target, z, betas, rngs, s, step0, progress=progress, impl=impl)
     else:
         raise MinivaeError(f"unknown --adapt {s.adapt!r}: choose per-chain or tune-then-freeze")
     return summarize(logw, info, s), logw, chain_mean_steps(info["steps"], C)
@@ -183,9 +242,11 @@ def check_settings(s):
         raise MinivaeError(f"unknown --adapt {s.adapt!r}: choose per-chain or tune-then-freeze")
 
 
-def run(params, cfg, x, out, s, seed=0, block=10, meta=None, progress=True, max_blocks=None):
+def run(params, cfg, x, out, s, seed=0, block=10, meta=None, progress=True, max_blocks=None, impl="auto"):
     """AIS for every row of x (N, D), saved to stage "ais" of `out` after each block; a run
-    stopped part way continues after its last saved block. Returns the per-datapoint arrays."""
+    stopped part way continues after its last saved block. Returns the per-datapoint arrays.
+    impl="auto": the fused kernels where they cover the model, "ref": NumPy (same numbers to
+    rounding; not part of the saved settings)."""
     check_settings(s)
     evaluate.check_options(block=block)
     n = len(x)
@@ -196,7 +257,7 @@ def run(params, cfg, x, out, s, seed=0, block=10, meta=None, progress=True, max_
     bar = Progress(-(-todo // block) * (s.steps - 1) * passes, "ais transitions", enabled=progress)
 
     def compute(lo, hi):
-        return forward(params, cfg, x[lo:hi], range(lo, hi), seed, s, progress=bar)[0]
+        return forward(params, cfg, x[lo:hi], range(lo, hi), seed, s, progress=bar, impl=impl)[0]
 
     try:
         return evaluate.resume_blocks(out, "ais", settings, n, block, compute, done, max_blocks)

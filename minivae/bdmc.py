@@ -38,29 +38,30 @@ def simulate(params, cfg, index, seed=0, xp=np):
     return x.astype(cfg.dtype), z
 
 
-def reverse(params, cfg, x, z, index, seed, s, sched, progress=None):
+def reverse(params, cfg, x, z, index, seed, s, sched, progress=None, impl="auto"):
     """Reverse AIS from exact posterior samples z (B, Z) with a frozen step schedule sched
     (T-1, R) of a forward run, used backwards. Per-datapoint stats; `estimate` = log mean_c w'_c
     (E w' = 1 / p(x)). Frozen steps keep the reverse chains valid and spare them the lag of
     re-adapting while beta falls."""
     xp, C = get_xp(x), s.chains
-    target = likelihood_target(params, cfg, xp.repeat(x, C, axis=0))
+    target = likelihood_target(params, cfg, x, C, impl)
     logw, info = anneal(target, xp.repeat(z, C, axis=0), schedule(s.steps, s.schedule)[::-1],
-                        streams(seed, index, REVERSE), s, sched[::-1], frozen=True, progress=progress)
+                        streams(seed, index, REVERSE), s, sched[::-1], frozen=True, progress=progress,
+                        impl=impl)
     return summarize(logw, info, s)
 
 
-def sandwich(params, cfg, x, z, index, seed, s, progress=None):
+def sandwich(params, cfg, x, z, index, seed, s, progress=None, impl="auto"):
     """Forward and reverse AIS on simulated (x, z): dict of per-datapoint arrays."""
-    fwd, _, sched = forward(params, cfg, x, index, seed, s, progress)
-    rev = reverse(params, cfg, x, z, index, seed, s, sched, progress)
+    fwd, _, sched = forward(params, cfg, x, index, seed, s, progress, impl)
+    rev = reverse(params, cfg, x, z, index, seed, s, sched, progress, impl)
     lower, upper = fwd["estimate"], -rev["estimate"]
     return dict(lower=lower, upper=upper, width=upper - lower, ess_fwd=fwd["ess"], ess_rev=rev["ess"],
                 accept_fwd=fwd["accept"], accept_rev=rev["accept"], nan=fwd["nan"] + rev["nan"],
                 z=z, x=x)
 
 
-def run(params, cfg, n, out, s, seed=0, block=10, meta=None, progress=True):
+def run(params, cfg, n, out, s, seed=0, block=10, meta=None, progress=True, impl="auto"):
     """BDMC on n datapoints simulated from the model, saved to stage "bdmc" after each block
     (a stopped run resumes). Returns the per-datapoint arrays."""
     check_settings(s)
@@ -75,7 +76,7 @@ def run(params, cfg, n, out, s, seed=0, block=10, meta=None, progress=True):
     def compute(lo, hi):
         index = range(lo, hi)
         x, z = simulate(params, cfg, index, seed, xp)
-        return sandwich(params, cfg, x, z, index, seed, s, bar)
+        return sandwich(params, cfg, x, z, index, seed, s, bar, impl)
 
     try:
         return evaluate.resume_blocks(out, "bdmc", settings, n, block, compute, done)

@@ -6,15 +6,22 @@ H(z, p) = -log f(z) + |p|^2 / 2.  One transition is one leapfrog trajectory of L
     p <- p + (s/2) g(z);   L times { z <- z + s p;  p <- p + s g(z) }   (the last p step is s/2)
     with g(z) = beta * grad l(z) - z,
 
-then a Metropolis accept when log u < H(z, p0) - H(z', p').  A proposal whose energy or
-gradient is NaN/inf is rejected and counted, never carried on.
+then a Metropolis accept when log u < H(z, p0) - H(z', p'), and optionally a per-row step-size
+nudge toward a target acceptance rate. A proposal whose energy or gradient is NaN/inf is
+rejected and counted, never carried on.
 
-This is the seam for the fused kernels: the randomness (momenta, log-uniforms) comes in
-pre-drawn, step sizes are per row, and the only call out is `target(z, need_value) ->
-(l (R,), grad l (R, Z))` (the decoder's matrix products). The target is log p(x|z), not log f,
-because AIS needs l of the current state for its weight update, and at a change of beta the
-prior term and beta are applied here without another decoder call.
+`hmc_transition` is the seam for the fused kernels: the randomness (momenta, log-uniforms)
+comes in pre-drawn, step sizes are per row, and the only call out is to the target. impl="ref"
+runs the NumPy lines below (the reference: `target(z, need_value) -> (l (R,), grad l (R, Z))`,
+new arrays). impl="auto" runs the same maths on the fused kernels (kernels.leapfrog_*,
+kernels.hmc_accept) when the target has a `fused` form (a `Fused`), in place on preallocated
+arrays. The target is log p(x|z), not log f, because AIS needs l of the current state for its
+weight update, and at a change of beta the prior term and beta are applied here without
+another decoder call.
 """
+import functools
+import math
+
 import numpy as np
 
 from .backend import get_xp
@@ -45,12 +52,27 @@ def leapfrog(z, p, gll, target, beta, step, L):
     return z, p, ll, gll
 
 
-def hmc_transition(z, ll, gll, target, beta, step, momentum0, log_u, L):
-    """One HMC trajectory plus Metropolis accept per row, leaving f (see module doc) invariant.
+def adapt_step(step, accepted, target_accept=0.65, rate=0.05):
+    """Per-row step sizes nudged toward the target acceptance rate:
+    log s += rate * (accepted - target), i.e. x exp(0.0175) on accept, x exp(-0.0325) on reject
+    at target 0.65; the rate of acceptance where log s stops drifting is the target."""
+    xp, ft = get_xp(step), step.dtype.type
+    up, down = math.exp(rate * (1.0 - target_accept)), math.exp(-rate * target_accept)
+    return step * xp.where(accepted, ft(up), ft(down))
 
-    z, gll, momentum0: (R, Z); ll, step, log_u: (R,); beta: scalar or (R,).
-    Returns (z, ll, gll, accepted (R,) bool, nan_rejected (R,) bool).
+
+def hmc_transition(z, ll, gll, target, beta, step, momentum0, log_u, L, target_accept=None,
+                   impl="auto"):
+    """One HMC trajectory plus Metropolis accept per row, leaving f (see module doc) invariant;
+    then, if target_accept is given, step = adapt_step(step, accepted, target_accept).
+
+    z, gll, momentum0: (R, Z); ll, step, log_u: (R,); beta: scalar (or (R,) on the reference).
+    Returns (z, ll, gll, accepted (R,) bool, nonfinite (R,) bool, step). The fused path
+    (see module doc) updates z, ll, gll and step in place and returns them.
     """
+    fused = fused_of(target, impl)
+    if fused is not None and getattr(beta, "ndim", 0) == 0:
+        return fused.transition(z, ll, gll, beta, step, momentum0, log_u, L, target_accept)
     xp = get_xp(z)
     with np.errstate(all="ignore"):              # NaN rows are expected and handled below
         zn, pn, lln, glln = leapfrog(z, momentum0, gll, target, beta, step, L)
@@ -60,13 +82,65 @@ def hmc_transition(z, ll, gll, target, beta, step, momentum0, log_u, L):
         finite = xp.isfinite(dH) & xp.isfinite(glln).all(-1)
         accepted = finite & (log_u < xp.where(finite, dH, 0))
     keep = accepted[:, None]
+    if target_accept is not None:
+        step = adapt_step(step, accepted, target_accept)
     return (xp.where(keep, zn, z), xp.where(accepted, lln, ll), xp.where(keep, glln, gll),
-            accepted, ~finite)
+            accepted, ~finite, step)
 
 
-def adapt_step(step, accepted, target_accept=0.65, rate=0.05):
-    """Per-row step sizes nudged toward the target acceptance rate:
-    log s += rate * (accepted - target), i.e. x exp(0.0175) on accept, x exp(-0.0325) on reject
-    at target 0.65; the rate of acceptance where log s stops drifting is the target."""
-    xp = get_xp(step)
-    return step * xp.exp(rate * (accepted.astype(step.dtype) - target_accept))
+# ---- the fused path ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def kernels():
+    """The fused kernels package, or None where it cannot be loaded (the reference then runs)."""
+    try:
+        import kernels as k
+    except Exception:  # ImportError, or a Numba that cannot build them
+        return None
+    # an install that predates kernels/ can leave it an empty namespace package
+    return k if hasattr(k, "hmc_accept") else None
+
+
+def fused_of(target, impl="auto"):
+    """The `Fused` form of target that impl selects: None for impl="ref" or a plain target."""
+    if impl not in ("auto", "ref"):
+        raise ValueError(f"impl must be auto or ref, not {impl!r}")
+    return getattr(target, "fused", None) if impl == "auto" else None
+
+
+class Fused:
+    """A target's fused form and the transition's preallocated arrays, for R rows of Z.
+
+    grad_log_f(z, beta, need_value) -> (grad log f (R, Z), l (R,) or None, grad l (R, Z)):
+    arrays of its own that its next call overwrites (kernels.decoder_grad's buffers).
+    """
+
+    def __init__(self, grad_log_f, rows, latent, dtype, xp):
+        self.grad_log_f = grad_log_f
+        self.z, self.p, self.g = (xp.empty((rows, latent), dtype) for _ in range(3))
+        self.accepted, self.nonfinite = xp.empty(rows, bool), xp.empty(rows, bool)
+
+    def start(self, z, beta):
+        """(l, grad l) at z as new arrays: the state hmc_transition carries."""
+        _, ll, gll = self.grad_log_f(z, beta, True)
+        return ll.copy(), gll.copy()
+
+    def transition(self, z, ll, gll, beta, step, momentum0, log_u, L, target_accept=None):
+        """hmc_transition on the kernels, in place: the same updates in the same order."""
+        k, xp = kernels(), get_xp(z)
+        zn, p, g = self.z, self.p, self.g
+        zn[...] = z
+        p[...] = momentum0
+        xp.multiply(gll, beta, out=g)
+        g -= z                                                   # g(z) at this beta
+        k.leapfrog_momentum(p, g, step, 0.5)
+        k.leapfrog_position(zn, p, step)
+        for _ in range(L - 1):
+            g, _, _ = self.grad_log_f(zn, beta, False)
+            k.leapfrog_momentum_position(p, zn, g, step)
+        g, lln, glln = self.grad_log_f(zn, beta, True)           # l only at the end
+        k.leapfrog_momentum(p, g, step, 0.5)
+        adapt = target_accept is not None
+        k.hmc_accept(z, ll, gll, zn, lln, glln, momentum0, p, log_u, beta, step, self.accepted,
+                     self.nonfinite, target_accept if adapt else 0.5, adapt)
+        return z, ll, gll, self.accepted, self.nonfinite, step

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -36,8 +38,8 @@ def test_hmc_leaves_the_target_invariant(beta):
     step = rng.uniform(0.2, 0.9, R)
     accepted = 0
     for _ in range(15):
-        z, ll, gll, acc, bad = hmc.hmc_transition(z, ll, gll, target, beta, step, rng.standard_normal((R, Z)),
-                                                  np.log(rng.random(R)), 5)
+        z, ll, gll, acc, bad, _ = hmc.hmc_transition(z, ll, gll, target, beta, step, rng.standard_normal((R, Z)),
+                                                     np.log(rng.random(R)), 5)
         accepted += acc.mean()
         assert not bad.any()
     assert 0.3 < accepted / 15 < 0.99                                   # the accept test matters
@@ -82,8 +84,8 @@ def test_nan_proposals_are_rejected_counted_and_not_propagated(poison):
     rng = np.random.default_rng(0)
     z = rng.standard_normal((R, Z))
     ll, gll = clean(z)
-    zn, lln, gn, acc, nan = hmc.hmc_transition(z, ll, gll, target, 1.0, np.full(R, 0.1),
-                                               rng.standard_normal((R, Z)), np.full(R, -50.0), 3)
+    zn, lln, gn, acc, nan, _ = hmc.hmc_transition(z, ll, gll, target, 1.0, np.full(R, 0.1),
+                                                  rng.standard_normal((R, Z)), np.full(R, -50.0), 3)
     np.testing.assert_array_equal(nan, bad_rows)
     assert not acc[bad_rows].any() and acc[~bad_rows].all()
     np.testing.assert_array_equal(zn[bad_rows], z[bad_rows])
@@ -99,9 +101,9 @@ def test_step_size_adaptation_settles_at_the_target_acceptance():
     for start in (0.01, 2.0):                                           # from too small and too large
         step, rates = np.full(R, start), []
         for t in range(400):
-            z, ll, gll, acc, _ = hmc.hmc_transition(z, ll, gll, target, 1.0, step, rng.standard_normal((R, Z)),
-                                                    np.log(rng.random(R)), 5)
-            step = hmc.adapt_step(step, acc, 0.65)
+            z, ll, gll, acc, _, step = hmc.hmc_transition(z, ll, gll, target, 1.0, step,
+                                                          rng.standard_normal((R, Z)), np.log(rng.random(R)), 5,
+                                                          target_accept=0.65)
             rates.append(acc.mean())
         assert abs(np.mean(rates[-150:]) - 0.65) < 0.05
     up = hmc.adapt_step(np.ones(3), np.ones(3, bool), 0.65)
@@ -295,3 +297,32 @@ def test_cli_checkpoint_for_other_data_is_one_line(tmp_path):
     io.save_checkpoint(path, model.init_params(cfg, np.random.default_rng(0)), cfg)
     code, text = run_cli(["ais", path, "--n", "2", "--out", str(tmp_path / "r.h5")])
     assert code != 0 and "wrong checkpoint" in text and len(text.strip().splitlines()) == 1
+
+
+def test_cli_threads_are_set_before_numpy_loads():
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import os, sys, cli\n"
+            "try:\n    cli.main(['--threads', '3', 'ais', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print([os.environ[v] for v in cli.THREAD_VARS], 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(cli.__file__).parent, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "['3', '3', '3', '3'] False", out.stdout + out.stderr
+
+
+def test_cli_threads_in_process(tiny_ckpt, tmp_path, monkeypatch):
+    import numba
+    for var in cli.THREAD_VARS:
+        monkeypatch.setenv(var, os.environ.get(var, "2"))            # restored afterwards
+    before, numba_var = numba.get_num_threads(), os.environ["NUMBA_NUM_THREADS"]
+    try:
+        code, text = run_cli(["--threads", "1", "ais", tiny_ckpt, "--n", "2", "--chains", "3", "--steps", "4",
+                              "--leapfrog", "2", "--out", str(tmp_path / "r.h5")])
+        assert code == 0, text
+        assert numba.get_num_threads() == 1 and "BLAS keeps its thread count" in text
+        assert os.environ["NUMBA_NUM_THREADS"] == numba_var           # Numba would refuse a new value
+    finally:
+        numba.set_num_threads(before)
+    code, text = run_cli(["--threads", "0", "ais", tiny_ckpt])
+    assert code != 0 and "--threads" in text

@@ -9,6 +9,7 @@ from numba import njit
 from kernels import _dispatch, adam, ais_weights, bernoulli, decoder, elu, leapfrog
 from kernels._math import exp_nonpos, expm1_exp_nonpos, log1p_unit
 from minivae import densities, model, nn, optim
+from minivae import hmc as hmc_ref
 from minivae.config import Config
 
 hmc_accept = importlib.import_module("kernels.hmc_accept")  # kernels.hmc_accept is the function
@@ -217,49 +218,76 @@ def test_ais_log_weight(dtype):
     close(w1, w0, dtype)
 
 
+def test_ais_log_weight_float64_weights_of_float32_states():
+    r = rng()
+    logw, ll = r.standard_normal(29) * 100, (r.standard_normal(29) * 100).astype(np.float32)
+    (w0, *_), (w1, *_) = both(ais_weights.ais_log_weight, logw, ll, 0.013)
+    np.testing.assert_array_equal(w1, w0)
+    np.testing.assert_array_equal(w0, logw + 0.013 * ll.astype(np.float64))  # minivae.ais's update
+
+
 # --- HMC accept ---------------------------------------------------------------------------------
 
-def accept_inputs(dtype, rows=40, z=6):
+def accept_inputs(dtype, rows=40, z=6, beta=0.7):
     r = rng()
     zz, zn, g, gn, p0, pn = (r.standard_normal((rows, z)).astype(dtype) for _ in range(6))
-    logf, logfn = (r.standard_normal(rows).astype(dtype) - 50 for _ in range(2))
+    ll, lln = (r.standard_normal(rows).astype(dtype) - 50 for _ in range(2))
     # log u a clear margin away from the decision boundary, so float32 sums cannot flip it
-    dh = (-logf + 0.5 * (p0 * p0).sum(1)) - (-logfn + 0.5 * (pn * pn).sum(1))
+    dh = ((hmc_ref.log_f(zn, lln, beta) - 0.5 * (pn * pn).sum(1))
+          - (hmc_ref.log_f(zz, ll, beta) - 0.5 * (p0 * p0).sum(1)))
     log_u = (dh + r.choice([-1, 1], rows) * r.uniform(0.01, 1, rows)).astype(dtype)
-    logfn[0], gn[1, 2], zn[2, 0], pn[3, 1], logfn[4] = np.nan, np.inf, -np.inf, np.nan, np.inf
+    lln[0], gn[1, 2], zn[2, 0], pn[3, 1], lln[4] = np.nan, np.inf, -np.inf, np.nan, np.inf
     log_u[:5] = -1e30  # would accept anything finite
     step = r.uniform(0.05, 0.2, rows).astype(dtype)
-    nan_count = r.integers(0, 3, rows)
-    return (zz, logf, g, zn, logfn, gn, p0, pn, log_u, step, np.full(rows, 9, np.int8), nan_count)
+    flags = np.full(rows, 9, np.int8), np.full(rows, 7, np.int8)   # accepted, nonfinite: overwritten
+    return (zz, ll, g, zn, lln, gn, p0, pn, log_u, beta, step) + flags
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("adapt", [True, False])
-def test_hmc_accept_matches_reference(dtype, adapt):
-    args = accept_inputs(dtype)
+@pytest.mark.parametrize("flags", [np.int8, bool])
+def test_hmc_accept_matches_reference(dtype, adapt, flags):
+    args = list(accept_inputs(dtype))
+    args[11], args[12] = args[11].astype(flags), args[12].astype(flags)
     ref, cpu = both(hmc_accept.hmc_accept, *args, 0.65, adapt)
-    for got, want in zip(cpu[:12], ref[:12]):
-        np.testing.assert_array_equal(got, want)       # copies and decisions: exact
-    acc = ref[10].astype(bool)
+    for got, want in zip(cpu[:13], ref[:13]):
+        np.testing.assert_array_equal(got, want)       # copies, decisions, step sizes: exact
+    acc = ref[11].astype(bool)
     assert 5 < acc.sum() < 35
     assert not acc[:5].any()
-    np.testing.assert_array_equal(ref[11] - args[11], np.arange(40) < 5)  # non-finite counted
+    np.testing.assert_array_equal(ref[12], np.arange(40) < 5)  # non-finite flagged, not counted
     for k, kn in ((0, 3), (1, 4), (2, 5)):
         np.testing.assert_array_equal(ref[k][acc], args[kn][acc])
         np.testing.assert_array_equal(ref[k][~acc], args[k][~acc])
     up, down = hmc_accept._factors(0.65)
-    want = args[9] * np.where(acc, up, down) if adapt else args[9]
-    np.testing.assert_allclose(ref[9], want.astype(dtype), rtol=1e-15)
+    want = args[10] * np.where(acc, dtype(up), dtype(down)) if adapt else args[10]
+    np.testing.assert_array_equal(ref[10], want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hmc_accept_is_minivae_hmc(dtype):
+    """Decisions and flags are hmc_transition's formulas; step sizes are adapt_step's, bit for bit."""
+    zz, ll, g, zn, lln, gn, p0, pn, log_u, beta, step, _, _ = accept_inputs(dtype)
+    log_u[5:10] = np.inf                                  # rejects anything
+    R = len(zz)
+    dh = (hmc_ref.log_f(zn, lln, dtype(beta)) - 0.5 * (pn * pn).sum(-1)) - \
+         (hmc_ref.log_f(zz, ll, dtype(beta)) - 0.5 * (p0 * p0).sum(-1))
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(dh) & np.isfinite(gn).all(-1)
+        want = finite & (log_u < np.where(finite, dh, 0))
+    out = run(hmc_accept.hmc_accept, "cpu", zz, ll, g, zn, lln, gn, p0, pn, log_u, beta, step,
+              np.empty(R, bool), np.empty(R, bool), 0.65, True)
+    np.testing.assert_array_equal(out[11], want)
+    np.testing.assert_array_equal(out[12], ~finite)
+    np.testing.assert_array_equal(out[10], hmc_ref.adapt_step(step, want, 0.65))
 
 
 def test_hmc_adaptation_is_minivae_hmc_adapt_step():
     up, down = hmc_accept._factors(0.65)
     assert np.isclose(0.65 * np.log(up) + 0.35 * np.log(down), 0)  # drift 0 at the target rate
-    hmc = pytest.importorskip("minivae.hmc")
     step = rng().uniform(0.05, 0.2, 50)
     acc = rng().random(50) < 0.6
-    np.testing.assert_allclose(hmc.adapt_step(step, acc, 0.65), step * np.where(acc, up, down),
-                               rtol=1e-15)
+    np.testing.assert_array_equal(hmc_ref.adapt_step(step, acc, 0.65), step * np.where(acc, up, down))
 
 
 # --- batched Adam -------------------------------------------------------------------------------
@@ -416,7 +444,7 @@ def test_cuda_kernels_compile_to_ptx(dtype):
         (leapfrog._leapfrog_position_cuda, (a, a, v)),
         (leapfrog._leapfrog_momentum_position_cuda, (a, a, a, v)),
         (ais_weights._ais_log_weight_cuda, (v, v, 0.1)),
-        (hmc_accept._hmc_accept_cuda, (a, v, a, a, v, a, a, a, v, v, i8, i64, 0.65, True)),
+        (hmc_accept._hmc_accept_cuda, (a, v, a, a, v, a, a, a, v, 0.7, v, i8, flags, 1.01, 0.98, True)),
         (adam._adam_batched_cuda, (a, a, a, a, i64, flags, 0.1, 0.9, 0.999, 1e-8)),
     ]
     for kernel, args in cases:

@@ -101,22 +101,24 @@ def test_leapfrog_and_weights(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_hmc_accept(dtype):
     r = rng()
-    rows, zd = 10, 3
+    rows, zd, beta = 10, 3, 0.7
     zz, zn, g, gn, p0, pn = (r.standard_normal((rows, zd)).astype(dtype) for _ in range(6))
-    logf, logfn = (r.standard_normal(rows).astype(dtype) for _ in range(2))
-    dh = (-logf + 0.5 * (p0 * p0).sum(1)) - (-logfn + 0.5 * (pn * pn).sum(1))
+    ll, lln = (r.standard_normal(rows).astype(dtype) for _ in range(2))
+    dh = ((-0.5 * (zn * zn).sum(1) + beta * lln - 0.5 * (pn * pn).sum(1))
+          - (-0.5 * (zz * zz).sum(1) + beta * ll - 0.5 * (p0 * p0).sum(1)))
     log_u = (dh + r.choice([-1, 1], rows) * r.uniform(0.05, 1, rows)).astype(dtype)
-    logfn[0], gn[1, 1], zn[2, 2] = np.nan, np.inf, np.nan
+    lln[0], gn[1, 1], zn[2, 2] = np.nan, np.inf, np.nan
     log_u[:3] = -1e30
     step = np.full(rows, 0.1, dtype)
-    args = (zz, logf, g, zn, logfn, gn, p0, pn, log_u, step, np.zeros(rows, np.int8),
-            np.zeros(rows, np.int64), 0.65, True)
+    args = (zz, ll, g, zn, lln, gn, p0, pn, log_u, beta, step, np.zeros(rows, bool),
+            np.zeros(rows, np.int8), 0.65, True)
     ref, dev = both(hmc_accept.hmc_accept, *args)
     for got, want in zip(dev[:9], ref[:9]):
         np.testing.assert_array_equal(got, want)
-    close(dev[9], ref[9], dtype)
-    np.testing.assert_array_equal(dev[10], ref[10])
-    np.testing.assert_array_equal(dev[11], [1, 1, 1] + [0] * 7)
+    np.testing.assert_array_equal(dev[10], ref[10])         # step sizes: the same two factors
+    np.testing.assert_array_equal(dev[11], ref[11])
+    np.testing.assert_array_equal(dev[12], [1, 1, 1] + [0] * 7)
+    assert 0 < ref[11].sum() < 7
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
