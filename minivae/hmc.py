@@ -21,6 +21,7 @@ another decoder call.
 """
 import functools
 import math
+import warnings
 
 import numpy as np
 
@@ -97,8 +98,11 @@ def kernels():
         import kernels as k
     except Exception:  # ImportError, or a Numba that cannot build them
         return None
-    # an install that predates kernels/ can leave it an empty namespace package
-    return k if hasattr(k, "hmc_accept") else None
+    if not hasattr(k, "hmc_accept"):  # an editable install made before kernels/__init__.py existed
+        warnings.warn("kernels/ imports as an empty namespace package: run `pip install -e .` again; "
+                      "AIS runs the NumPy reference", RuntimeWarning, stacklevel=2)
+        return None
+    return k
 
 
 def fused_of(target, impl="auto"):
