@@ -15,8 +15,9 @@ leak), in turn, interleaved per workload. Their JSON lines are passed through; t
 summary line per workload: the throughputs, the ratios minivae / peer (>1: minivae faster),
 this machine's float32 matmul peak (big np.matmul, measured in the same run), and whether the
 sides agree on a value check at the shared initial weights (same model, same numbers).
-minivae measures each path it has (fused kernels, library loop, plain NumPy), fastest expected
-first; the summary uses the first and lists all under `minivae_impls`.
+minivae measures the library as shipped first (train.training_step, localopt.fit_local, the
+AIS loop), then its other paths (the bare fused step, the NumPy reference); the summary uses
+the first and lists all under `minivae_impls`.
 
 `--side minivae --workloads b,c,m` runs minivae's side of (b), (c) and the matmul peak in this
 process; it is what the driver calls.
@@ -141,35 +142,17 @@ def minivae_ais(weights, args):
         common.emit_ais("minivae", timing, args, check, impl=impl, threads=args.threads)
 
 
-def qstar_kernels(weights, x, S):
-    """A q*_FFG step from the fused kernels: kernels.decoder_grad gives d log p(x, z)/dz over
-    the N*S rows (no decoder weight gradients), the reparameterisation is applied by hand, and
-    kernels.adam_batched updates h. None where kernels/ is not there yet."""
-    try:
-        import kernels
-    except ImportError:
-        return None
-    N, Z = x.shape[0], weights["dec.fc0.W"].shape[0]
-    buf = kernels.decoder_buffers(weights, N * S)
-
-    def grad(h, eps):                                          # d ELBO_n / d h_n: (N, 2Z)
-        mu, logvar = h[:, None, :Z], h[:, None, Z:]
-        std = np.exp(0.5 * logvar)                             # (N, 1, Z)
-        z = (mu + std * eps).reshape(N * S, Z)
-        gz, _ = kernels.decoder_grad(weights, x, z, S, 1.0, False, buf)
-        gz = gz.reshape(N, S, Z)
-        dlogvar = 0.5 * std[:, 0] * (gz * eps).mean(1) + 0.5   # + 0.5 from the entropy term
-        return np.concatenate([gz.mean(1), dlogvar], axis=1)
-
-    def adam(h, g, state, lr, active):
-        kernels.adam_batched(h, g, state["m"]["h"], state["v"]["h"], state["t"], active, lr)
-
-    return grad, adam
-
-
 def minivae_qstar(weights, args):
-    """One line per implementation, fastest expected first (the summary takes the first)."""
+    """One line per implementation, the library as shipped first (the summary takes the first):
+      localopt.fit_local              the library's q* loop (for this model: fastpath.QStarFFG
+                                      and the adam_rows kernel), with its stopping-rule
+                                      bookkeeping and one convergence check at the end
+      fastpath.QStarFFG+batched_adam_step               that loop's step alone
+      objectives.log_weights+batched_adam_step [ref]    the NumPy reference step
+    Each step line carries grad_check_rel: its d ELBO / d h against the reference's."""
+    from minivae import fastpath
     from minivae.backend import normal
+    from minivae.localopt import fit_local
     from minivae.objectives import log_weights
     from minivae.optim import batched_adam_init, batched_adam_step
     from minivae.posteriors import get_family
@@ -181,23 +164,22 @@ def minivae_qstar(weights, args):
     check = dict(check_bound=float(log_weights(weights, cfg, family, x, h0, eps_check)[0].mean()))
     dlogw = np.full((N, S), 1.0 / S, dtype=x.dtype)
 
-    def library_grad(h, eps):
-        logw, back = log_weights(weights, cfg, family, x, h, eps)
-        return back(dlogw)[0]          # the decoder's weight grads come along and are dropped
+    def reference_grad(h, eps):
+        logw, back = log_weights(weights, cfg, family, x, h, eps, decoder_grads=False)
+        return back(dlogw)[0]
 
-    def library_adam(h, g, state, lr, active):
-        batched_adam_step({"h": h}, {"h": g}, state, lr, active)
+    def fast_grad(h, eps, step=fastpath.QStarFFG(weights, N, S)):
+        return step(weights, x, h, eps)[0]
 
-    impls = [("objectives.log_weights+batched_adam_step", (library_grad, library_adam))]
-    try:
-        impls.insert(0, ("kernels.decoder_grad+adam_batched", qstar_kernels(weights, x, S)))
-    except Exception as e:
-        common.skipped("qstar_ffg", f"{type(e).__name__}: {e}", side="minivae", impl="kernels")
-    for impl, fns in impls:
-        if fns is None:
-            common.skipped("qstar_ffg", "not present in this checkout", side="minivae", impl=impl)
-            continue
-        grad, adam_step = fns
+    def run_fit():
+        fit_local(weights, cfg, family, x, np.random.default_rng(0), max_steps=args.q_steps,
+                  samples=S, lr=1e-3, check_every=args.q_steps, patience=10 ** 9)
+
+    timing = common.time_repeats(run_fit, args.repeats, warmup=1)
+    common.emit_qstar("minivae", timing, args, check, impl="localopt.fit_local", threads=args.threads)
+    for impl, grad, adam_impl in (("fastpath.QStarFFG+batched_adam_step", fast_grad, "auto"),
+                                  ("objectives.log_weights+batched_adam_step [ref]",
+                                   reference_grad, "ref")):
         # the inner loop of minivae.localopt.fit_local, without its convergence bookkeeping
         rng = np.random.default_rng(0)
         h = h0.copy()
@@ -206,28 +188,12 @@ def minivae_qstar(weights, args):
 
         def run():
             for _ in range(args.q_steps):
-                adam_step(h, grad(h, normal(rng, (N, S, family.noise_dim), x)), state, 1e-3, active)
+                g = grad(h, normal(rng, (N, S, family.noise_dim), x))
+                batched_adam_step({"h": h}, {"h": g}, state, 1e-3, active, impl=adam_impl)
 
-        try:
-            timing = common.time_repeats(run, args.repeats, warmup=1)
-        except Exception as e:   # in-progress kernels/: report, carry on with the other paths
-            common.skipped("qstar_ffg", f"{type(e).__name__}: {e}", side="minivae", impl=impl)
-            continue
+        timing = common.time_repeats(run, args.repeats, warmup=1)
         common.emit_qstar("minivae", timing, args, check, impl=impl, threads=args.threads,
-                          grad_check_rel=grad_agreement(grad, library_grad, h0, eps_check))
-
-    try:
-        from minivae.localopt import fit_local
-    except ImportError:
-        return
-    # the library's own loop: q_steps steps from the N(0, I) start, one convergence check at the end
-
-    def run_fit():
-        fit_local(weights, cfg, family, x, np.random.default_rng(0), max_steps=args.q_steps,
-                  samples=S, lr=1e-3, check_every=args.q_steps, patience=10 ** 9)
-
-    timing = common.time_repeats(run_fit, args.repeats, warmup=1)
-    common.emit_qstar("minivae", timing, args, check, impl="localopt.fit_local", threads=args.threads)
+                          grad_check_rel=grad_agreement(grad, reference_grad, h0, eps_check))
 
 
 def grad_agreement(grad, reference, h, eps):
@@ -348,13 +314,15 @@ def drive_in(args, weights):
         workload = common.WORKLOAD_NAMES[key]
         lines_by_side = {}
         for side in sides:
-            if side == "minivae" and key == "a":
-                argv = [HERE / "train_epoch.py", "--q", "ffg"] + shared + batches
+            if side == "minivae" and key == "a":     # the library as shipped, then the reference
+                runs = [[HERE / "train_epoch.py", "--q", "ffg", "--impl", impl] + shared + batches
+                        for impl in ("auto", "ref")]
             elif side == "minivae":
-                argv = [me, "--side", "minivae", "--workloads", key] + shared + sizes
+                runs = [[me, "--side", "minivae", "--workloads", key] + shared + sizes]
             else:
-                argv = [PEERS[side], "--workloads", key] + shared + sizes + batches
-            lines_by_side[side] = measured(child(argv, args.verbose), workload)
+                runs = [[PEERS[side], "--workloads", key] + shared + sizes + batches]
+            lines_by_side[side] = [line for argv in runs
+                                   for line in measured(child(argv, args.verbose), workload)]
         summaries.append(summarize(workload, lines_by_side, peak, args.threads))
     return summaries
 

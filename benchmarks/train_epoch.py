@@ -2,11 +2,12 @@
 
 Latent 50, encoder 784-200-200-P, decoder 50-200-200-784, ELU, Bernoulli, batch 100, Adam
 lr 1e-3, single-sample ELBO over the 50000 embedded binarized MNIST training images. The
-inner loop is minivae.train's: gather + cast the batch, draw eps, objectives.bound_and_grads,
-optim.adam_step, read the batch's bound back. Validation is not timed.
+inner loop is minivae.train's: gather + cast the batch, draw eps, train.training_step (the
+fused fastpath.TrainStep for this model; --impl ref: objectives.bound_and_grads +
+optim.adam_step in NumPy), read the batch's bound back. Validation is not timed.
 
     python benchmarks/train_epoch.py [--q ffg|flow|fullcov] [--epochs-timed 1] [--batches N]
-                                     [--threads N] [--device cpu|gpu] [--profile]
+                                     [--threads N] [--device cpu|gpu] [--impl auto|ref] [--profile]
 
 --batches N times only the first N batches of the epoch and scales up to a full epoch
 (the JSON line then says extrapolated: true).
@@ -25,25 +26,30 @@ import numpy as np  # noqa: E402
 WARMUP_BATCHES = 5
 
 
-def make_step(cfg, x_train, xp, seed=0):
-    """State and a `step(b, perm)` closure doing exactly one iteration of minivae.train's loop."""
-    from minivae import model, objectives
+def make_step(cfg, x_train, xp, seed=0, impl="auto", weights=None):
+    """State and a `step(b, perm)` closure doing exactly one iteration of minivae.train's loop
+    (train.training_step: the fused fastpath.TrainStep where it applies; impl="ref" forces
+    the reference objectives.bound_and_grads + optim.adam_step)."""
+    from minivae import fastpath, model, train
     from minivae.backend import normal
-    from minivae.optim import adam_init, adam_step
+    from minivae.optim import adam_init
     from minivae.posteriors import get_family
 
     family = get_family(cfg)
     rng = np.random.default_rng(seed)
     params = model.init_params(cfg, rng, xp)
+    if weights:                             # before the step is made: it adopts the arrays
+        params.update({k: xp.asarray(v) for k, v in weights.items()})
     adam = adam_init(params)
     dtype = np.dtype(cfg.dtype)
     lam, lr = 1.0, cfg.lr
+    sparse = fastpath.mostly_zeros(x_train)
+    inner = train.training_step(params, adam, cfg, family, (), sparse, impl=impl)
 
     def step(b, perm):
         xb = xp.asarray(x_train[perm[b * cfg.batch:(b + 1) * cfg.batch]], dtype=dtype)
         eps = normal(rng, (cfg.batch, cfg.k, family.noise_dim), xb)
-        value, grads = objectives.bound_and_grads(params, cfg, family, xb, eps, lam, cfg.objective)
-        adam_step(params, grads, adam, lr)
+        value = inner(xb, eps, lam, lr)
         return float(value.mean())          # the loop reads it back (a device sync on GPU)
 
     return step, rng, params
@@ -75,6 +81,9 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=None, help="time only this many batches")
     ap.add_argument("--threads", type=int, default=None, help="BLAS/OpenMP/Numba threads")
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    ap.add_argument("--impl", default="auto", choices=["auto", "ref"],
+                    help="auto: train.training_step as shipped (the fused path where it applies); "
+                         "ref: the reference bound_and_grads + NumPy adam_step")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", default=None,
                     help=".npz of initial weights (compare.py's export); default: init with --seed")
@@ -87,9 +96,8 @@ def main(argv=None):
         xp = device_xp(args.device)
         cfg = common.paper_config(args.q)
         x_train = common.mnist_train()
-        step, rng, params = make_step(cfg, x_train, xp, args.seed)
-        if args.weights:
-            params.update({k: xp.asarray(v) for k, v in common.load_weights(args.weights).items()})
+        weights = common.load_weights(args.weights) if args.weights else None
+        step, rng, params = make_step(cfg, x_train, xp, args.seed, args.impl, weights)
         check = check_values(params, cfg, xp) if args.q == "ffg" else {}
     except Exception as e:   # a family not written yet, no GPU, ...: say so on the JSON line
         common.skipped(workload, f"{type(e).__name__}: {e}", side="minivae", q=args.q)
@@ -123,6 +131,7 @@ def main(argv=None):
     timing = common.time_repeats(epoch, args.epochs_timed, warmup=0, sync=sync)
     common.emit_epoch("minivae", timing, n, n_full, q=args.q, device=args.device,
                       epochs_timed=args.epochs_timed, train_bound=bounds[-1], threads=args.threads,
+                      impl="minivae.train.training_step" + ("[ref]" if args.impl == "ref" else ""),
                       **check)
     if prof:
         import pstats

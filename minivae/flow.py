@@ -15,7 +15,7 @@ Nets (each Z-H-H-out): q.qv, q.rv (out 2Z), q.s{t}.{s1,m1,s2,m2} (out Z). They a
 """
 import math
 
-from . import nn
+from . import fastpath, nn
 from .backend import get_xp
 from .densities import LOG2PI, reparam, softplus
 from .nn import add_grads
@@ -41,6 +41,8 @@ class Flow:
 
     def __init__(self, latent, steps=2, hidden=100, act="elu"):
         self.Z, self.steps, self.hidden, self.act = latent, steps, hidden, act
+        # the nets' ELU by the fused kernels (nn.elu's values up to rounding; tests/test_flow.py)
+        self._act = fastpath.elu if act == "elu" and fastpath.kernels() is not None else act
         self.n_out = 2 * latent
         self.noise_dim = 2 * latent
 
@@ -67,7 +69,7 @@ class Flow:
         return xp.zeros((n, self.n_out), dtype=dtype), self._init_nets(rng, {}, dtype, xp, batch=n)
 
     def _net(self, params, prefix, x):
-        return nn.mlp(params, prefix, x, 3, self.act)
+        return nn.mlp(params, prefix, x, 3, self._act)
 
     def transform(self, params, z, v):
         """(z0, v0) -> (zT, vT) and log|det d(zT, vT)/d(z0, v0)|: (B, K).

@@ -10,7 +10,7 @@ and its parameters are never written again. Blocks are saved as they finish, so 
 """
 import numpy as np
 
-from . import io
+from . import fastpath, io
 from .backend import get_xp, normal, to_numpy
 from .errors import MinivaeError
 from .objectives import log_weights
@@ -27,11 +27,14 @@ def _take(d, sel):
 
 
 def fit_local(params, cfg, family, x, rng, max_steps=20000, samples=100, lr=1e-3,
-              check_every=100, patience=10, on_check=None, h0=None):
+              check_every=100, patience=10, on_check=None, h0=None, impl="auto"):
     """Maximise each row's ELBO over its own q: x (N, D) -> dict(local params (N, ...) under
     "h" and the family's `q.*` keys, steps (N,), converged (N,), trace (N, max_steps // check_every)
     of the window-mean ELBO at each check, NaN after the stop). on_check(step, rows, local).
-    h0: starting h (N, P) instead of the family's N(0, I) (see `encoder_init`)."""
+    h0: starting h (N, P) instead of the family's N(0, I) (see `encoder_init`).
+    impl="auto": the fused paths where they apply (fastpath.QStarFFG for an FFG with an
+    ELU/Bernoulli decoder, the dz-only decoder for other families, the Adam kernel); "ref":
+    objectives.log_weights and NumPy Adam throughout. Same numbers up to float rounding."""
     xp = get_xp(x)
     n = x.shape[0]
     n_checks = max_steps // check_every
@@ -48,15 +51,12 @@ def fit_local(params, cfg, family, x, rng, max_steps=20000, samples=100, lr=1e-3
     adam = batched_adam_init(work, n)
     xa, on = x, xp.ones(n, dtype=bool)
     window = xp.zeros((n, check_every))                   # ELBOs since the last check
-    dlogw = None
+    gradient = ((impl != "ref" and _fast_gradient(params, cfg, family, x, samples))
+                or _gradient(params, cfg, family, impl))
     for step in range(1, n_checks * check_every + 1):
         eps = normal(rng, (len(rows), samples, family.noise_dim), xa)
-        logw, back = log_weights({**params, **work}, cfg, family, xa, work["h"], eps,
-                                 decoder_grads=False)
-        if dlogw is None or dlogw.shape != logw.shape:
-            dlogw = xp.full(logw.shape, 1.0 / samples, dtype=logw.dtype)
-        dh, grads = back(dlogw)
-        batched_adam_step(work, {"h": dh, **{k: grads[k] for k in work if k != "h"}}, adam, lr, on)
+        grads, logw = gradient(work, xa, eps)
+        batched_adam_step(work, grads, adam, lr, on, impl=impl)
         window[:, (step - 1) % check_every] = logw.mean(1)
         if step % check_every:
             continue
@@ -82,6 +82,35 @@ def fit_local(params, cfg, family, x, rng, max_steps=20000, samples=100, lr=1e-3
         if not len(rows):
             break
     return dict(local=local, steps=steps, converged=converged, trace=trace)
+
+
+def _gradient(params, cfg, family, impl):
+    """(work, x, eps) -> (d mean_s log w / d work, log w (N, S)) by objectives.log_weights:
+    any family (impl="ref": the reference; else the decoder part fused where it can be)."""
+    dlogw, workspace = [], (None if impl == "ref" else {})
+
+    def gradient(work, x, eps):
+        logw, back = log_weights({**params, **work}, cfg, family, x, work["h"], eps,
+                                 decoder_grads=False, workspace=workspace)
+        if not dlogw or dlogw[0].shape != logw.shape:
+            dlogw[:] = [get_xp(x).full(logw.shape, 1.0 / eps.shape[1], dtype=logw.dtype)]
+        dh, grads = back(dlogw[0])
+        return {"h": dh, **{k: grads[k] for k in work if k != "h"}}, logw
+
+    return gradient
+
+
+def _fast_gradient(params, cfg, family, x, samples):
+    """The same by fastpath.QStarFFG where it applies (FFG, ELU, Bernoulli), else None."""
+    if not fastpath.supports(cfg, family) or x.dtype != params["dec.fc0.W"].dtype:
+        return None
+    step = fastpath.QStarFFG(params, x.shape[0], samples)
+
+    def gradient(work, x, eps):
+        dh, logw = step(params, x, work["h"], eps)
+        return {"h": dh}, logw
+
+    return gradient
 
 
 def encoder_init(params, cfg, q, x):

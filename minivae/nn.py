@@ -86,14 +86,16 @@ ACTIVATIONS = {"elu": elu, "tanh": tanh, "sigmoid": sigmoid, "linear": identity}
 
 
 def mlp(params, prefix, x, n_layers, act="elu", need_dx=True, need_grads=True):
-    """Linear layers `prefix.fc0 .. fc{n-1}` with `act` between them (none after the last)."""
+    """Linear layers `prefix.fc0 .. fc{n-1}` with `act` between them (none after the last):
+    a name in ACTIVATIONS, or an activation function (e.g. fastpath.elu)."""
+    act = ACTIVATIONS[act] if isinstance(act, str) else act
     backs = []
     h = x
     for i in range(n_layers):
         h, back = linear(params, f"{prefix}.fc{i}", h, need_dx or i > 0, need_grads)
         backs.append(back)
         if i < n_layers - 1:
-            h, back_act = ACTIVATIONS[act](h)
+            h, back_act = act(h)
             backs.append(back_act)
 
     def backward(dy):

@@ -7,19 +7,25 @@ Gradients flow to the encoder (through h), the family's nets and the decoder.
 """
 import math
 
-from . import model
+from . import fastpath, model
 from .backend import get_xp
 from .densities import log_std_normal
 from .nn import add_grads
 
 
-def log_weights(params, cfg, family, x, h, eps, lam=1.0, decoder_grads=True):
+def log_weights(params, cfg, family, x, h, eps, lam=1.0, decoder_grads=True, workspace=None):
     """log w: (B, K) for posterior parameters h (B, P) and noise eps (B, K, E).
 
     backward(dlogw) -> (dh, grads of the decoder (unless decoder_grads=False) and the family's nets).
+    Without decoder gradients, an ELU/Bernoulli decoder runs fused (fastpath.log_lik_dz, its
+    buffers kept in the caller's `workspace` dict); model.log_lik is the reference.
     """
     z, logq, back_q = family.sample(params, h, eps)
-    ll, back_ll = model.log_lik(params, cfg, x, z, decoder_grads)
+    if not decoder_grads and workspace is not None and fastpath.decoder_supported(cfg) \
+            and z.dtype == params["dec.fc0.W"].dtype == x.dtype:
+        ll, back_ll = fastpath.log_lik_dz(params, cfg, x, z, workspace)
+    else:
+        ll, back_ll = model.log_lik(params, cfg, x, z, decoder_grads)
     logw = ll + log_std_normal(z) - lam * logq
 
     def backward(dlogw):

@@ -5,6 +5,7 @@
 (the "efficient" bias correction of Kingma & Ba, sec. 2, with eps_hat = eps * sqrt(1 - b2^t)
 so that it equals the textbook update exactly).
 """
+import functools
 import math
 
 from .backend import get_xp
@@ -16,33 +17,75 @@ def adam_init(params):
                 v={k: xp.zeros_like(p) for k, p in params.items()}, t=0)
 
 
-def adam_step(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8):
-    """One ascent step on every key of `grads`, in place (params, m, v updated)."""
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """The fused Adam kernels (kernels.adam_dense: adam_dense, adam_rows), or None."""
+    try:
+        from kernels.adam_dense import adam_dense, adam_rows
+    except Exception:  # ImportError, or a Numba that cannot build them
+        return None
+    return adam_dense, adam_rows
+
+
+def _fused(impl, arrays):
+    """The kernels to run, or None for the NumPy code (impl="ref", no kernels, odd layouts)."""
+    if impl == "ref":
+        return None
+    k = _kernels()
+    if k is None or not all(a.flags.c_contiguous for a in arrays):
+        if impl == "kernel":
+            raise ValueError("the Adam kernels are unavailable or the arrays not C-contiguous")
+        return None
+    return k
+
+
+def adam_scalars(state, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """Advance state["t"]; this step's (step size, eps_hat) in float64 (module docstring)."""
     state["t"] += 1
     t = state["t"]
     c2 = math.sqrt(1 - b2 ** t)
-    step = lr * c2 / (1 - b1 ** t)
+    return lr * c2 / (1 - b1 ** t), eps * c2
+
+
+def adam_step(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8, impl="auto"):
+    """One ascent step on every key of `grads`, in place (params, m, v updated).
+    impl: "ref" this NumPy code, "kernel" kernels.adam_dense (the same numbers, one pass per
+    key), "auto" the kernel where it can run."""
+    step, eps_hat = adam_scalars(state, lr, b1, b2, eps)
     for k, g in grads.items():
         m, v, p = state["m"][k], state["v"][k], params[k]
+        fused = _fused(impl, (p, g, m, v))
+        if fused is not None:
+            fused[0](p, g, m, v, step, eps_hat, b1, b2)
+            continue
         xp = get_xp(p)
         m *= b1
         m += (1 - b1) * g
         v *= b2
         v += (1 - b2) * (g * g)
         denom = xp.sqrt(v)
-        denom += eps * c2
+        denom += eps_hat
         p += step * (m / denom)
 
 
-def batched_adam_step(params, grads, state, lr, active, b1=0.9, b2=0.999, eps=1e-8):
+def batched_adam_step(params, grads, state, lr, active, b1=0.9, b2=0.999, eps=1e-8, impl="auto"):
     """Adam with one state per datapoint: every array has leading axis N, `state["t"]` is
-    (N,) and rows with active == False are left untouched (frozen, converged datapoints)."""
+    (N,) and rows with active == False are left untouched (frozen, converged datapoints).
+    impl as adam_step's; the kernel (kernels.adam_dense.adam_rows) sees each key as (N, P)."""
     t = state["t"]
     t += active
     xp = get_xp(t)
     tt = xp.maximum(t, 1).astype(next(iter(params.values())).dtype)
     c2 = xp.sqrt(1 - b2 ** tt)
     step = xp.where(active, lr * c2 / (1 - b1 ** tt), 0)
+    fused = _fused(impl, [a for k in grads for a in (params[k], grads[k], state["m"][k], state["v"][k])])
+    if fused is not None:
+        eps_hat = eps * c2
+        for k, g in grads.items():
+            n = g.shape[0]
+            fused[1](*(a.reshape(n, -1) for a in (params[k], g, state["m"][k], state["v"][k])),
+                     step, eps_hat, active, b1, b2)
+        return
     for k, g in grads.items():
         shape = (-1,) + (1,) * (g.ndim - 1)
         a, s, c = active.reshape(shape), step.reshape(shape), c2.reshape(shape)

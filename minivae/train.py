@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from . import io, model, objectives
+from . import fastpath, io, model, objectives
 from .backend import device_xp, normal, rng_from_state, rng_state, to_numpy
 from .config import Config
 from .errors import MinivaeError
@@ -55,6 +55,7 @@ def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=
         rng = rng_from_state(state["rng_state"])
     params, adam, curves = state["params"], state["adam"], state["curves"]
     frozen = tuple(f + "." for f in cfg.freeze.split(",") if f)
+    step = training_step(params, adam, cfg, family, frozen, fastpath.mostly_zeros(x_train))
     n_batches = len(x_train) // cfg.batch
     if n_batches == 0:
         raise MinivaeError(f"training set has {len(x_train)} images, fewer than one batch of {cfg.batch}")
@@ -69,10 +70,7 @@ def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=
             xb = xp.asarray(x_train[perm[b * cfg.batch:(b + 1) * cfg.batch]], dtype=dtype)
             eps = normal(rng, (cfg.batch, cfg.k, family.noise_dim), xb)
             lam = entropy_weight(cfg, epoch + b / n_batches)
-            value, grads = objectives.bound_and_grads(params, cfg, family, xb, eps, lam, cfg.objective)
-            if frozen:
-                grads = {k: g for k, g in grads.items() if not k.startswith(frozen)}
-            adam_step(params, grads, adam, lr)
+            value = step(xb, eps, lam, lr)
             running += float(value.mean())
             bar.update(bound=running / (b + 1))
         bar.close()
@@ -92,6 +90,33 @@ def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=
             save(out, cfg, state, rng)
     state["rng_state"] = rng_state(rng)
     return state
+
+
+def training_step(params, adam, cfg, family, frozen=(), sparse_input=False, impl="auto"):
+    """step(x, eps, lam, lr) -> bound (B,), after one Adam step on the batch's mean bound
+    (keys starting with a `frozen` prefix stay fixed). fastpath.TrainStep where it applies
+    (it moves params and the Adam moments into flat buffers, values kept), else
+    objectives.bound_and_grads + optim.adam_step: the same numbers up to float rounding.
+    sparse_input: the data are mostly zeros (fastpath.mostly_zeros of the training set).
+    impl="ref": the reference even where the fast path applies (tests, benchmarks)."""
+    if impl != "ref" and fastpath.supports(cfg, family):
+        fast = fastpath.TrainStep(params, adam, cfg, cfg.batch, cfg.k, frozen, sparse_input)
+
+        def step(x, eps, lam, lr):
+            value = fast(x, eps, lam, cfg.objective)
+            fast.update(lr)
+            return value
+
+        return step
+
+    def step(x, eps, lam, lr):
+        value, grads = objectives.bound_and_grads(params, cfg, family, x, eps, lam, cfg.objective)
+        if frozen:
+            grads = {k: g for k, g in grads.items() if not k.startswith(frozen)}
+        adam_step(params, grads, adam, lr, impl=impl)
+        return value
+
+    return step
 
 
 def save(path, cfg, state, rng):

@@ -1,0 +1,254 @@
+"""Buffered, kernel-fused twins of the hot loops, for the paper's model class: an FFG
+posterior, ELU hidden layers and a Bernoulli decoder.
+
+  TrainStep     objectives.bound_and_grads + optim.adam_step (one training step)
+  QStarFFG      localopt's q*_FFG gradient with the decoder fixed: d ELBO / d h and log w
+  log_lik_dz    model.log_lik(..., need_grads=False): log p(x|z) and d/dz only (any q*)
+  elu           nn.elu by the fused kernels (the flow's nets)
+
+The maths is the layer code's (nn, densities, posteriors, optim: the FD-checked reference);
+here the matrix products write into preallocated buffers, the elementwise work between them
+runs in fused kernels (kernels/), the encoder's first product skips the zeros of binarized
+images, and Adam updates every parameter in one kernel call. tests/test_fastpaths.py checks
+both against the reference. `supports` says when they apply; callers fall back otherwise.
+"""
+import functools
+from types import SimpleNamespace
+
+import numpy as np
+
+from .backend import get_xp
+
+# The encoder's first product skips the zeros of x below this density (binarized MNIST: 0.13,
+# where skipping costs about 0.45 of a BLAS product; break-even is near 0.3). CPU only.
+SPARSE_BELOW = 0.25
+
+
+@functools.lru_cache(maxsize=None)
+def kernels():
+    """The fused kernels used here, or None where they cannot be loaded (the reference runs)."""
+    try:
+        import kernels as k
+        from kernels.adam_dense import adam_dense
+        from kernels.reparam import ffg_backward, ffg_forward
+        from kernels.sparse_input import sparse_matmul, sparse_matmul_tn
+    except Exception:  # ImportError, or a Numba that cannot build them
+        return None
+    names = ("bernoulli_grad", "bias_elu", "decoder_buffers", "decoder_grad", "elu_backward")
+    return SimpleNamespace(adam_dense=adam_dense, ffg_forward=ffg_forward, ffg_backward=ffg_backward,
+                           sparse_matmul=sparse_matmul, sparse_matmul_tn=sparse_matmul_tn,
+                           **{n: getattr(k, n) for n in names})
+
+
+def supports(cfg, family):
+    """Whether the fast paths handle this model: FFG q, ELU hidden layers, Bernoulli p(x|z)."""
+    return family.name == "ffg" and decoder_supported(cfg)
+
+
+def decoder_supported(cfg):
+    """Whether log_lik_dz handles this decoder: ELU hidden layers, Bernoulli p(x|z)."""
+    return cfg.act == "elu" and cfg.likelihood == "bernoulli" and kernels() is not None
+
+
+def log_lik_dz(params, cfg, x, z, workspace=None):
+    """model.log_lik(params, cfg, x, z, need_grads=False) by kernels.decoder_grad: log p(x|z)
+    (B,) or (B, K) and backward(dll) -> (dz, {}); z: (B, Z) or (B, K, Z). The gradient wrt z
+    is computed here, with the value. workspace: a dict kept by the caller between calls, where
+    the decoder's buffers stay (else they are allocated on every call)."""
+    K = z.shape[1] if z.ndim == x.ndim + 1 else 1
+    R, Z = x.shape[0] * K, z.shape[-1]
+    workspace = {} if workspace is None else workspace
+    buf = workspace.get("decoder")
+    if buf is None or buf.rows < R or buf.grad_ll.dtype != z.dtype:
+        buf = workspace["decoder"] = kernels().decoder_buffers(params, R, z.dtype)
+    _, ll = kernels().decoder_grad(params, x, z.reshape(R, Z), K, 1.0, True, buf)
+    ll, gll = ll.reshape(z.shape[:-1]).copy(), buf.grad_ll[:R].reshape(z.shape).copy()
+
+    def backward(dll):
+        return gll * dll[..., None], {}
+
+    return ll, backward
+
+
+def elu(x):
+    """nn.elu by kernels.bias_elu (zero bias) and elu_backward: the same (y, backward) up to
+    rounding, for x of any shape."""
+    xp, k = get_xp(x), kernels()
+    x2 = x.reshape(-1, x.shape[-1])
+    y, d = xp.empty_like(x2), xp.empty_like(x2)
+    k.bias_elu(x2, xp.zeros(x.shape[-1], x.dtype), y, d)
+
+    def backward(dy):
+        out = xp.empty_like(d)
+        k.elu_backward(xp.ascontiguousarray(dy).reshape(d.shape), d, out)
+        return out.reshape(x.shape)
+
+    return y.reshape(x.shape), backward
+
+
+def mostly_zeros(x):
+    """Whether the encoder should skip the zeros of data x (a NumPy array, e.g. the training
+    set): decided once per data set, so a resumed run takes the same path."""
+    return isinstance(x, np.ndarray) and np.count_nonzero(x) < SPARSE_BELOW * x.size
+
+
+class _MLP:
+    """Buffers of the ELU MLP `prefix.fc{i}` for up to `rows` rows: activations (reused for
+    the backward's dh) and ELU derivatives per hidden layer, and the output."""
+
+    def __init__(self, params, prefix, rows):
+        W0 = params[f"{prefix}.fc0.W"]
+        xp, dt = get_xp(W0), W0.dtype
+        self.n = 0
+        while f"{prefix}.fc{self.n}.W" in params:
+            self.n += 1
+        self.keys = [(f"{prefix}.fc{i}.W", f"{prefix}.fc{i}.b") for i in range(self.n)]
+        widths = [params[kW].shape[1] for kW, _ in self.keys]
+        self.act = [xp.empty((rows, w), dt) for w in widths[:-1]] + [xp.empty((rows, widths[-1]), dt)]
+        self.der = [xp.empty((rows, w), dt) for w in widths[:-1]]
+        self.sparse = False
+
+    def forward(self, params, x, bias_last=True, sparse=False):
+        """mlp(x): (R, out), with or without the last layer's bias. sparse: x is mostly zeros
+        and the first product skips them (kernels.sparse_matmul)."""
+        k, xp, R = kernels(), get_xp(x), x.shape[0]
+        self.sparse = sparse
+        h = x
+        for i, (kW, kb) in enumerate(self.keys):
+            a = self.act[i][:R]
+            if i == 0 and sparse:
+                k.sparse_matmul(x, params[kW], a)
+            else:
+                xp.matmul(h, params[kW], out=a)
+            if i < self.n - 1:
+                k.bias_elu(a, params[kb], a, self.der[i][:R])
+            elif bias_last:
+                a += params[kb]
+            h = a
+        return h
+
+    def backward(self, params, x, dy, grads, dx=None):
+        """From dy (R, out) = d/d(output): dW, db into grads[key] (keys absent from grads are
+        skipped) and, if dx (R, in) is given, d/dx into it. Overwrites the activations."""
+        k, xp, R = kernels(), get_xp(dy), dy.shape[0]
+        for i in range(self.n - 1, -1, -1):
+            kW, kb = self.keys[i]
+            inp = x if i == 0 else self.act[i - 1][:R]
+            if kW in grads:
+                if i == 0 and self.sparse:
+                    k.sparse_matmul_tn(x, dy, grads[kW])
+                else:
+                    xp.matmul(inp.T, dy, out=grads[kW])
+            if kb in grads:
+                dy.sum(axis=0, out=grads[kb])
+            if i == 0:
+                if dx is not None:
+                    xp.matmul(dy, params[kW].T, out=dx)
+                return
+            xp.matmul(dy, params[kW].T, out=inp)      # the activation has been used: reuse it
+            k.elu_backward(inp, self.der[i - 1][:R], inp)
+            dy = inp
+
+
+def _adopt(d, keys, xp, dtype):
+    """Move arrays d[k] (k in keys) into one flat buffer, d[k] becoming views of it."""
+    flat = xp.empty(sum(int(d[k].size) for k in keys), dtype)
+    at = 0
+    for k in keys:
+        n = int(d[k].size)
+        flat[at:at + n] = d[k].reshape(-1)
+        d[k] = flat[at:at + n].reshape(d[k].shape)
+        at += n
+    return flat
+
+
+class TrainStep:
+    """One training step of an FFG/ELU/Bernoulli VAE: `bound = step(x, eps, lam, objective)`
+    then `step.update(lr)`, the same numbers as objectives.bound_and_grads + optim.adam_step
+    up to float rounding. The trained parameters, their Adam moments and gradients live in
+    flat buffers (params[k], adam["m"][k], adam["v"][k] become views of them, values kept);
+    keys starting with a `frozen` prefix get no gradient and no update."""
+
+    def __init__(self, params, adam, cfg, batch, k=1, frozen=(), sparse_input=False):
+        W = params["enc.fc0.W"]
+        xp, dt = get_xp(W), W.dtype
+        self.params, self.adam, self.sparse = params, adam, sparse_input and xp is np
+        self.enc, self.dec = _MLP(params, "enc", batch), _MLP(params, "dec", batch * k)
+        self.keys = [key for key in params if not key.startswith(tuple(frozen))]
+        self.p = _adopt(params, self.keys, xp, dt)
+        self.m = _adopt(adam["m"], self.keys, xp, dt)
+        self.v = _adopt(adam["v"], self.keys, xp, dt)
+        self.g = xp.zeros_like(self.p)
+        self.grads = dict(zip(self.keys, self._views(self.g)))
+        Z = cfg.latent
+        self.z, self.dz = xp.empty((batch * k, Z), dt), xp.empty((batch * k, Z), dt)
+        self.ll, self.c = xp.empty(batch * k, dt), xp.empty((batch, k), dt)
+        self.std, self.dh = xp.empty((batch, Z), dt), xp.empty((batch, 2 * Z), dt)
+        self.batch, self.k = batch, k
+
+    def _views(self, flat):
+        at, out = 0, []
+        for key in self.keys:
+            n = int(self.params[key].size)
+            out.append(flat[at:at + n].reshape(self.params[key].shape))
+            at += n
+        return out
+
+    def __call__(self, x, eps, lam=1.0, objective="elbo"):
+        """The bound (B,) of every row of x (B, D) with noise eps (B, K, Z); the gradient of
+        its batch mean goes to self.grads."""
+        from .objectives import reduce_weights
+        B, K, Z = eps.shape
+        if B > self.batch or K != self.k:
+            raise ValueError(f"TrainStep made for {self.batch} x {self.k} samples, got {B} x {K}")
+        params, kern, R = self.params, kernels(), B * K
+        h = self.enc.forward(params, x, sparse=self.sparse)                   # (B, 2Z)
+        std, z, c = _std(h, self.std[:B]), self.z[:R], self.c[:B]
+        kern.ffg_forward(h, std, eps, lam, z, c)                              # (R, Z), (B, K)
+        out = self.dec.forward(params, z, bias_last=False)                   # (R, D), no bias
+        ll = self.ll[:R]
+        kern.bernoulli_grad(out, params[self.dec.keys[-1][1]], x, K, out, ll, True)
+        value, dlogw = reduce_weights(ll.reshape(B, K) + c, objective)
+        dlogw /= B                                                            # of the batch mean
+        out *= dlogw.reshape(R, 1)                                            # d/d logits
+        self.dec.backward(params, z, out, self.grads, self.dz[:R])
+        dh = self.dh[:B]
+        kern.ffg_backward(h, std, eps, self.dz[:R], dlogw, lam, True, dh)
+        self.enc.backward(params, x, dh, self.grads)
+        return value
+
+    def update(self, lr, b1=0.9, b2=0.999, eps=1e-8):
+        """optim.adam_step with self.grads, as one kernel call over the flat buffers."""
+        from .optim import adam_scalars
+        step, eps_hat = adam_scalars(self.adam, lr, b1, b2, eps)
+        kernels().adam_dense(self.p, self.g, self.m, self.v, step, eps_hat, b1, b2)
+
+
+class QStarFFG:
+    """localopt's q*_FFG step, decoder fixed: (d ELBO_n / d h_n (N, 2Z), log w (N, S)) for
+    h (N, 2Z) and eps (N, S, Z), ELBO_n = mean_s log w. kernels.decoder_grad gives
+    grad_z log p(x|z) and log p(x|z) over the N x S rows, without decoder weight gradients."""
+
+    def __init__(self, params, n, samples):
+        W = params["dec.fc0.W"]
+        xp, dt, Z = get_xp(W), W.dtype, W.shape[0]
+        self.buf = kernels().decoder_buffers(params, n * samples)
+        self.z = xp.empty((n * samples, Z), dt)
+        self.c, self.w = xp.empty((n, samples), dt), xp.full((n, samples), 1.0 / samples, dt)
+        self.std, self.dh = xp.empty((n, Z), dt), xp.empty((n, 2 * Z), dt)
+
+    def __call__(self, params, x, h, eps):
+        N, S, Z = eps.shape
+        kern, R = kernels(), N * S
+        std, z, c, w = _std(h, self.std[:N]), self.z[:R], self.c[:N], self.w[:N]
+        kern.ffg_forward(h, std, eps, 1.0, z, c)
+        _, ll = kern.decoder_grad(params, x, z, S, 1.0, True, self.buf)
+        kern.ffg_backward(h, std, eps, self.buf.grad_ll[:R], w, 1.0, False, self.dh[:N])
+        return self.dh[:N], ll.reshape(N, S) + c
+
+
+def _std(h, out):
+    """exp(logvar / 2) of h = [mu, logvar] into out (B, Z)."""
+    xp = get_xp(h)
+    xp.multiply(h[:, out.shape[1]:], 0.5, out=out)
+    return xp.exp(out, out=out)
