@@ -180,6 +180,7 @@ class TrainStep:
         self.v = _adopt(adam["v"], self.keys, xp, dt)
         self.g = xp.zeros_like(self.p)
         self.grads = dict(zip(self.keys, self._views(self.g)))
+        self.train_encoder = any(key.startswith("enc.") for key in self.keys)
         Z = cfg.latent
         self.z, self.dz = xp.empty((batch * k, Z), dt), xp.empty((batch * k, Z), dt)
         self.ll, self.c = xp.empty(batch * k, dt), xp.empty((batch, k), dt)
@@ -214,7 +215,8 @@ class TrainStep:
         self.dec.backward(params, z, out, self.grads, self.dz[:R])
         dh = self.dh[:B]
         kern.ffg_backward(h, std, eps, self.dz[:R], dlogw, lam, True, dh)
-        self.enc.backward(params, x, dh, self.grads)
+        if self.train_encoder:
+            self.enc.backward(params, x, dh, self.grads)
         return value
 
     def update(self, lr, b1=0.9, b2=0.999, eps=1e-8):
