@@ -50,10 +50,11 @@ def posterior_summary(lj, g):
                 corr=corr, mode_ratio=np.array([_second_mode(wi) for wi in w]))
 
 
-def _second_mode(w, min_dip=0.5):
+def _second_mode(w, min_dip=0.5, min_cells=4):
     """Height of the second-highest mode relative to the highest (0: unimodal). A local
-    maximum counts as a mode only if the density on the straight line to the highest peak dips
-    below `min_dip` times its height: grid noise on a narrow peak is not a second mode."""
+    maximum counts as a mode only if it lies at least `min_cells` grid cells from the highest
+    peak and the density on the straight line between them dips below `min_dip` times its
+    height: grid noise, or a ridge narrower than the grid spacing, is not a second mode."""
     c = w[1:-1, 1:-1]
     peak = np.ones_like(c, bool)
     for di in (-1, 0, 1):
@@ -67,6 +68,8 @@ def _second_mode(w, min_dip=0.5):
     order = np.argsort(heights)[::-1]
     top = ij[order[0]]
     for k in order[1:]:
+        if np.abs(ij[k] - top).max() < min_cells:
+            continue
         t = np.linspace(0, 1, 50)[:, None]
         line = np.rint(top + t * (ij[k] - top)).astype(int)
         if w[line[:, 0], line[:, 1]].min() < min_dip * heights[k]:
@@ -102,7 +105,7 @@ def compute(params, cfg, x_pool, seed=0, localopt=None, n_grid=121, flow_samples
     """Everything the figure shows, as arrays (no plotting): a dict."""
     rng = np.random.default_rng(seed)
     x_pool = x_pool.astype(cfg.dtype)
-    lj, g = grid_log_joint(params, cfg, x_pool, -5, 5, 61)
+    lj, g = grid_log_joint(params, cfg, x_pool, -8, 8, 161)   # wide: posteriors can sit far out
     summ = posterior_summary(lj, g)
     elbo, h = amortized_elbo(params, cfg, x_pool, rng)
     gap = summ["logpx"] - elbo
@@ -123,7 +126,7 @@ def compute(params, cfg, x_pool, seed=0, localopt=None, n_grid=121, flow_samples
     for c in range(len(x)):
         # each panel column zooms on its own posterior: mean +- 4 std, square
         centre = summ["mean"][idx[c]]
-        half = min(6.0, 4 * summ["std"][idx[c]].max() + 0.2)
+        half = min(8.0, 4 * summ["std"][idx[c]].max() + 0.2)
         lj_c, g = grid_log_joint(params, cfg, x[c:c + 1], -half, half, n_grid, offset=centre)
         out["grid"].append(np.stack([g + centre[0], g + centre[1]]))
         zz = np.stack(np.meshgrid(g + centre[0], g + centre[1], indexing="xy"), -1)

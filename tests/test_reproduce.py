@@ -13,6 +13,9 @@ def test_second_mode_needs_a_dip_between_peaks():
     two = one + 0.5 * np.exp(-((X + 2) ** 2 + Y ** 2) / 0.5)
     noisy = one * (1 + 1e-3 * np.random.default_rng(0).standard_normal(one.shape))
     assert fig2._second_mode(one) == 0 and fig2._second_mode(noisy) == 0
+    ridge = np.zeros((61, 61))
+    ridge[30, 30], ridge[30, 32], ridge[30, 31] = 1.0, 0.9, 0.1      # aliasing: peaks 2 cells apart
+    assert fig2._second_mode(ridge) == 0
     assert abs(fig2._second_mode(two) - 0.5) < 1e-6
 
 
