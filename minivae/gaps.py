@@ -137,8 +137,11 @@ def collect(params, cfg, x, out, k=5000, chunk=10000, ais_settings=None, ais_blo
     r["elbo"], r["iwae"] = iwae_stage(params, cfg, x, out, k, seed, chunk, meta, progress)
     if ais_settings is not None:
         r["ais"] = ais.run(params, cfg, x, out, ais_settings, seed, ais_block, meta, progress)["estimate"]
+    families = ("ffg", "flow", "fullcov")
+    base = {k: v for k, v in (localopt_settings or {}).items() if k not in families}
     for q in qstar:
-        s = {**(localopt_settings or {}), "seed": seed}
+        # per-family overrides, e.g. {"flow": {"samples": 20}}: the flow's q* costs far more
+        s = {**base, **(localopt_settings or {}).get(q, {}), "seed": seed}
         r[f"qstar_{q}"] = localopt.run(params, cfg, x, q, out, s, meta, progress)["elbo"]
     return r
 

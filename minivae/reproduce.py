@@ -30,8 +30,10 @@ BUDGETS = {
     # scaled to the same fraction (400/3280 -> 15 epochs), 100 datapoints, full AIS and IWAE
     "cpu": dict(train=dict(schedule="burda", epochs=121, warmup_epochs=15),
                 n=100, k=5000, chunk=20000, ais=dict(chains=100, steps=500, leapfrog=10), ais_block=10,
+                # q*_Flow (per-datapoint nets) costs ~5x an FFG step: fewer samples, fewer steps
                 localopt=dict(init="encoder", max_steps=10000, samples=100, check_every=100,
-                              patience=10, final_samples=5000, block=100),
+                              patience=10, final_samples=5000, block=100,
+                              flow=dict(samples=20, max_steps=3000)),
                 fig2=dict(epochs=200, train_size=0, lr=1e-3, pool=300, max_steps=20000, flow_samples=100000),
                 fig3=dict(epochs=121, every=20, small=1000, n=100, k=1000,
                           ais=dict(chains=20, steps=200, leapfrog=10))),

@@ -157,3 +157,15 @@ def test_cli_gaps_bad_input(tiny_checkpoint, tmp_path, args, message):
 def test_cli_gaps_missing_checkpoint(tmp_path):
     res = invoke("gaps", tmp_path / "nope.h5", "--out", tmp_path / "r.h5")
     assert res.exit_code != 0 and res.stderr.startswith("Error: ") and len(res.stderr.splitlines()) == 1
+
+
+def test_collect_applies_per_family_localopt_settings(monkeypatch):
+    from minivae import gaps, localopt
+    seen = {}
+    monkeypatch.setattr(gaps, "iwae_stage", lambda *a, **k: (np.zeros(2), np.zeros(2)))
+    monkeypatch.setattr(localopt, "run", lambda params, cfg, x, q, out, s, meta, progress:
+                        seen.setdefault(q, s) and {"elbo": np.zeros(2)} or {"elbo": np.zeros(2)})
+    gaps.collect({}, None, np.zeros((2, 3)), "unused.h5", qstar=("ffg", "flow"), seed=3,
+                 localopt_settings=dict(samples=100, max_steps=50, flow=dict(samples=20)))
+    assert seen["ffg"] == dict(samples=100, max_steps=50, seed=3)
+    assert seen["flow"] == dict(samples=20, max_steps=50, seed=3)
