@@ -7,7 +7,6 @@ Results layout: one group per stage (/iwae, /ais, /localopt_ffg, ...), one row p
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 
 import h5py
@@ -126,7 +125,3 @@ def load_results(path, stage):
         g = f[stage]
         return {k: g[k][()] for k in g}, dict(g.attrs)
 
-
-def copy_file(src, dst):
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
