@@ -2,13 +2,13 @@ import os
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import cli
 from minivae import ais, evaluate, hmc, io, lingauss, model
 from minivae.config import Config
 from minivae.densities import softplus
 from minivae.errors import CheckpointError, MinivaeError
+from conftest import run_cli
 
 
 def quadratic_target(A):
@@ -240,19 +240,6 @@ def test_bad_settings_are_user_errors(bad, tmp_path):
 
 
 # ---- command line -----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    cfg = Config(latent=2, enc_hidden=8, dec_hidden=8, enc_layers=1, dec_layers=1, dtype="float32")
-    path = tmp_path_factory.mktemp("ck") / "tiny.h5"
-    io.save_checkpoint(path, model.init_params(cfg, np.random.default_rng(0)), cfg)
-    return str(path)
-
-
-def run_cli(args):
-    result = CliRunner().invoke(cli.main, args)
-    return result.exit_code, result.output
-
 
 def test_cli_ais_runs_saves_and_resumes(tiny_ckpt, tmp_path):
     out = str(tmp_path / "r.h5")

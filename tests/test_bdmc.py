@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-import cli
 from minivae import ais, bdmc, io, lingauss, model
 from minivae.config import Config
+from conftest import run_cli
 
 
 def test_simulation_is_per_datapoint_and_reproducible():
@@ -60,19 +59,6 @@ def test_paper_settings_on_the_linear_gaussian_model(adapt):
     assert abs((r["lower"] - exact).mean()) < 0.05
     assert_brackets(r, exact)
     assert abs(r["width"].mean()) < 0.1
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    cfg = Config(latent=2, enc_hidden=8, dec_hidden=8, enc_layers=1, dec_layers=1, dtype="float32")
-    path = tmp_path_factory.mktemp("ck") / "tiny.h5"
-    io.save_checkpoint(path, model.init_params(cfg, np.random.default_rng(0)), cfg)
-    return str(path)
-
-
-def run_cli(args):
-    result = CliRunner().invoke(cli.main, args)
-    return result.exit_code, result.output
 
 
 def test_cli_bdmc(tiny_ckpt, tmp_path):

@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-import cli
 from minivae import io, iwae, lingauss, model, objectives
 from minivae.config import Config
 from minivae.errors import MinivaeError
 from minivae.posteriors import get_family
+from conftest import run_cli
 
 
 def test_streaming_logsumexp_is_exact_for_huge_magnitudes():
@@ -103,19 +102,6 @@ def test_iwae_gap_shrinks_with_k():
     gaps = [(exact - iwae.bounds(params, cfg, x, np.arange(40), k, seed=2)[1]).mean() for k in (1, 50, 5000)]
     elbo_gap = (exact - iwae.bounds(params, cfg, x, np.arange(40), 5000, seed=2)[0]).mean()
     assert gaps[0] > gaps[1] > gaps[2] > -0.03 and elbo_gap > gaps[1], (gaps, elbo_gap)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    cfg = Config(latent=2, enc_hidden=8, dec_hidden=8, enc_layers=1, dec_layers=1, dtype="float32")
-    path = tmp_path_factory.mktemp("ck") / "tiny.h5"
-    io.save_checkpoint(path, model.init_params(cfg, np.random.default_rng(0)), cfg)
-    return str(path)
-
-
-def run_cli(args):
-    result = CliRunner().invoke(cli.main, args)
-    return result.exit_code, result.output
 
 
 def test_cli_iwae_on_embedded_mnist(tiny_ckpt, tmp_path):
