@@ -40,6 +40,18 @@ def set_threads(n):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    " --xla_cpu_multi_thread_eigen=false"
                                    " intra_op_parallelism_threads=1").strip()
+    # Thread-count knobs are advice: recent XLA CPU runtimes keep a pool of their own and ran on
+    # ~1.9 cores here with the flags above. Pinning the process to n CPUs makes "n threads" true
+    # for every side, so wall time and CPU time measure the same thing.
+    if hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        if n < len(cpus):
+            os.sched_setaffinity(0, cpus[-n:])
+
+
+def pinned_cpus():
+    """The CPUs this process may run on (reported with each measurement)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def early_threads(argv=None):
@@ -59,6 +71,7 @@ def emit(**fields):
     """One measurement as one JSON line on stdout, with the machine's 1-minute load average
     (other processes on the machine skew every number)."""
     fields.setdefault("loadavg", round(os.getloadavg()[0], 2))
+    fields.setdefault("cpus", pinned_cpus())
     print(json.dumps(fields, default=_jsonable), flush=True)
 
 
