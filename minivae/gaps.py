@@ -21,7 +21,6 @@ import numpy as np
 from . import io
 from .errors import MinivaeError
 from .posteriors import get_family
-from .progress import Progress
 
 LABELS = dict(logp="log p^(x)", qstar_flow="L_VAE[q*_Flow]", qstar_ffg="L_VAE[q*_FFG]",
               qstar_fullcov="L_VAE[q*_FullCov]", elbo="L_VAE[q]",
@@ -102,39 +101,13 @@ def format_rows(rows, fmt="table", trained_q="ffg", meta=None):
     raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
 
-def iwae_stage(params, cfg, x, out, k=5000, seed=0, chunk=10000, meta=None, progress=True):
-    """(L_VAE[q], L_IWAE[q]) per row of x, reused from stage "iwae" of `out` when it holds at
-    least these rows with the same settings (datapoint i's noise depends on i only), else
-    computed with iwae.bounds and saved in the layout of `minivae iwae`."""
-    from . import iwae
-    meta = dict(meta or {})
-    attrs = dict(k=k, seed=seed, split=meta.get("split", ""), n=len(x), q=cfg.q, dtype=cfg.dtype,
-                 dataset=meta.get("dataset", cfg.dataset), checkpoint=meta.get("checkpoint", ""))
-    prev = io.load_results(out, "iwae")
-    if prev is not None:
-        old = {k: _plain(v) for k, v in prev[1].items()}
-        diff = [f"{k} {old.get(k)!r} != {v!r}" for k, v in attrs.items() if k != "n" and old.get(k) != v]
-        if diff:
-            raise MinivaeError(f"{out} already holds an 'iwae' stage made with other settings "
-                               f"({', '.join(diff)}): use a new --out, or the same settings")
-        if old["n"] >= len(x):
-            return prev[0]["elbo"][:len(x)], prev[0]["iwae"][:len(x)]
-    bar = Progress(len(x), "iwae datapoints", enabled=progress)
-    try:
-        elbo, iw = iwae.bounds(params, cfg, x, np.arange(len(x)), k, seed, chunk, bar)
-    finally:
-        bar.close()
-    io.save_results(out, "iwae", dict(elbo=elbo, iwae=iw, index=np.arange(len(x))), attrs)
-    return elbo, iw
-
-
 def collect(params, cfg, x, out, k=5000, chunk=10000, ais_settings=None, ais_block=10,
             qstar=("ffg", "flow"), localopt_settings=None, seed=0, meta=None, progress=True):
     """Run, or reuse from results file `out`, every bound of the gap table for the rows of x:
     returns gap_table's input {elbo, iwae, ais (absent if ais_settings is None), qstar_<q>}."""
-    from . import ais, localopt
+    from . import ais, iwae, localopt
     r = {}
-    r["elbo"], r["iwae"] = iwae_stage(params, cfg, x, out, k, seed, chunk, meta, progress)
+    r["elbo"], r["iwae"] = iwae.stage(params, cfg, x, out, k, seed, chunk, meta, progress)
     if ais_settings is not None:
         r["ais"] = ais.run(params, cfg, x, out, ais_settings, seed, ais_block, meta, progress)["estimate"]
     families = ("ffg", "flow", "fullcov")
@@ -144,10 +117,6 @@ def collect(params, cfg, x, out, k=5000, chunk=10000, ais_settings=None, ais_blo
         s = {**base, **(localopt_settings or {}).get(q, {}), "seed": seed}
         r[f"qstar_{q}"] = localopt.run(params, cfg, x, q, out, s, meta, progress)["elbo"]
     return r
-
-
-def _plain(v):
-    return v.item() if isinstance(v, np.generic) else v
 
 
 def run_from_cli(opts):

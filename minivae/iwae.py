@@ -13,7 +13,7 @@ import time
 import click
 import numpy as np
 
-from . import evaluate, io, model
+from . import evaluate, model
 from .backend import get_xp, to_numpy
 from .objectives import log_weights
 from .posteriors import get_family
@@ -56,19 +56,45 @@ def bounds(params, cfg, x, index, k, seed=0, chunk=10000, progress=None):
     return elbo, iwae
 
 
+def stage(params, cfg, x, out, k=5000, seed=0, chunk=10000, meta=None, progress=True, block=None,
+          max_blocks=None):
+    """Stage "iwae" of results file `out`: per-datapoint L_VAE[q] and L_IWAE[q] for the rows of
+    x, saved after every block of datapoints. A rerun with the same settings resumes after the
+    last saved block, or reuses the stage outright when it already holds these rows: datapoint
+    i's noise depends on i only, so where a run stopped does not change a number.
+    Returns (elbo, iwae), float64 (N,)."""
+    meta = dict(meta or {})
+    settings = dict(k=k, seed=seed, split=meta.get("split", ""), q=cfg.q, dtype=cfg.dtype,
+                    dataset=meta.get("dataset", cfg.dataset), checkpoint=meta.get("checkpoint", ""))
+    n = len(x)
+    per_call = max(1, chunk // min(k, chunk))
+    block = block or per_call * -(-BLOCK_DATAPOINTS // per_call)      # whole decoder calls
+    done = evaluate.finished_rows(out, "iwae", settings)
+    todo = max(n - (len(done["index"]) if done else 0), 0)
+    bar = Progress(todo, "iwae datapoints", enabled=progress)
+
+    def compute(lo, hi):
+        elbo, iw = bounds(params, cfg, x[lo:hi], np.arange(lo, hi), k, seed, chunk, bar)
+        return dict(elbo=elbo, iwae=iw)
+
+    try:
+        r = evaluate.resume_blocks(out, "iwae", settings, n, block, compute, done, max_blocks)
+    finally:
+        bar.close()
+    return r["elbo"], r["iwae"]
+
+
+# Datapoints per saved block: at k = 5000 on one core a block is a few seconds of work, so an
+# interrupted run loses little and the results file is rewritten rarely.
+BLOCK_DATAPOINTS = 50
+
+
 def run_from_cli(opts):
     evaluate.check_options(k=opts["k"], n=opts["n"], chunk=opts["chunk"])
     params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
     x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
-    index = np.arange(len(x))
-    bar = Progress(len(x), "iwae datapoints")
+    meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)
     t0 = time.perf_counter()
-    try:
-        elbo, iwae = bounds(params, cfg, x, index, opts["k"], opts["seed"], opts["chunk"], bar)
-    finally:
-        bar.close()
-    attrs = dict(k=opts["k"], seed=opts["seed"], split=opts["split"], n=len(x), q=cfg.q,
-                 dtype=cfg.dtype, dataset=cfg.dataset, checkpoint=evaluate.file_digest(opts["ckpt"]))
-    io.save_results(opts["out"], "iwae", dict(elbo=elbo, iwae=iwae, index=index), attrs)
+    elbo, iwae = stage(params, cfg, x, opts["out"], opts["k"], opts["seed"], opts["chunk"], meta)
     click.echo(f"iwae: n={len(x)} k={opts['k']}  mean L_VAE[q]={elbo.mean():.4f}  "
                f"mean L_IWAE[q]={iwae.mean():.4f}  ({time.perf_counter() - t0:.1f}s) -> {opts['out']} [iwae]")

@@ -160,9 +160,9 @@ def test_cli_gaps_missing_checkpoint(tmp_path):
 
 
 def test_collect_applies_per_family_localopt_settings(monkeypatch):
-    from minivae import gaps, localopt
+    from minivae import gaps, iwae, localopt
     seen = {}
-    monkeypatch.setattr(gaps, "iwae_stage", lambda *a, **k: (np.zeros(2), np.zeros(2)))
+    monkeypatch.setattr(iwae, "stage", lambda *a, **k: (np.zeros(2), np.zeros(2)))
     monkeypatch.setattr(localopt, "run", lambda params, cfg, x, q, out, s, meta, progress:
                         seen.setdefault(q, s) and {"elbo": np.zeros(2)} or {"elbo": np.zeros(2)})
     gaps.collect({}, None, np.zeros((2, 3)), "unused.h5", qstar=("ffg", "flow"), seed=3,
