@@ -89,3 +89,29 @@ def test_smoke_other_experiments(tmp_path, experiment):
 def test_unknown_budget_is_one_line(tmp_path):
     result = CliRunner().invoke(cli.main, ["reproduce", "table2", "--budget", "huge"])
     assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_best_of_starts_keeps_each_datapoints_best_fit(monkeypatch):
+    from minivae.config import Config
+    cfg = Config(latent=2)
+    x = np.zeros((3, 784), np.float32)
+    # start "a" wins datapoint 0 and 2, start "b" datapoint 1; every fit's h records its start
+    elbos = dict(a=np.array([-1.0, -5.0, -2.0]), b=np.array([-3.0, -4.0, -2.5]))
+    seen = []
+
+    def fake_fit(params, cfg, family, x, rng, *args, h0=None, **kw):
+        seen.append(None if h0 is None else h0.copy())
+        tag = float(len(seen))
+        return dict(local=dict(h=np.full((3, 4), tag)), steps=np.full(3, 10 * len(seen)))
+
+    monkeypatch.setattr(fig2, "fit_local", fake_fit)
+    monkeypatch.setattr(fig2, "local_elbo", lambda p, c, f, x, local, rng, n:
+                        (elbos["ab"[int(local["h"][0, 0]) - 1]], None))
+    starts = dict(a=None, b=np.arange(12.0).reshape(3, 4))
+    r = fig2.best_of_starts({}, cfg, x, starts, np.random.default_rng(0), dict(
+        max_steps=100, samples=2, lr=1e-3, check_every=10, patience=2))
+    assert seen[0] is None and seen[1].dtype == np.float32 and seen[1][2, 3] == 11
+    np.testing.assert_array_equal(r["local"]["h"][:, 0], [1, 2, 1])
+    np.testing.assert_array_equal(r["steps"], [10, 20, 10])
+    np.testing.assert_array_equal(r["elbo"], [-1.0, -4.0, -2.0])
+    assert [s.decode() for s in r["start"]] == ["a", "b", "a"]
