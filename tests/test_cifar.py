@@ -80,3 +80,13 @@ def test_every_command_runs_on_cifar(tmp_path, cifar, monkeypatch):
     assert "mean lower" in out
     pytest.importorskip("matplotlib")
     ok("sample", ck, "--n", "4", "--out", str(tmp_path / "s.png"))
+
+
+def test_a_config_from_before_arch_loads_as_the_mlp_model():
+    import json
+
+    from minivae.config import Config
+    old = json.loads(Config().to_json())
+    del old["arch"]
+    cfg = Config.from_json(json.dumps(old))
+    assert cfg.arch == "mlp" and cfg == Config()
