@@ -90,3 +90,12 @@ def test_a_config_from_before_arch_loads_as_the_mlp_model():
     del old["arch"]
     cfg = Config.from_json(json.dumps(old))
     assert cfg.arch == "mlp" and cfg == Config()
+
+
+def test_colour_grid_puts_channels_last():
+    from minivae import sample
+    imgs = np.arange(2 * 12, dtype=float).reshape(2, 12) / 24      # two 3 x 2 x 2 images
+    g = sample.grid(imgs, channels=3)
+    assert g.shape == (2, 5, 3)
+    assert np.array_equal(g[:, :2], imgs[0].reshape(3, 2, 2).transpose(1, 2, 0))
+    assert np.all(g[:, 2] == 1) and np.array_equal(g[:, 3:], imgs[1].reshape(3, 2, 2).transpose(1, 2, 0))
