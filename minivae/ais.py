@@ -62,12 +62,12 @@ def likelihood_target(params, cfg, x, chains=1, impl="auto"):
     exactly N * chains rows, or None (impl="ref", a model the kernels do not cover, no kernels).
     The conv model (cfg.arch "conv") runs model.log_lik itself (ModelTarget, never fused).
     """
+    if impl not in ("auto", "ref"):
+        raise ValueError(f"impl must be auto or ref, not {impl!r}")
     if cfg.arch != "mlp":
         return ModelTarget(params, cfg, x, chains)
     if cfg.likelihood not in ("bernoulli", "gaussian"):
         raise MinivaeError(f"AIS supports bernoulli and gaussian likelihoods, not {cfg.likelihood!r}")
-    if impl not in ("auto", "ref"):
-        raise ValueError(f"impl must be auto or ref, not {impl!r}")
     return LikelihoodTarget(params, cfg, x, chains, impl)
 
 

@@ -139,12 +139,11 @@ OPTION_DEFAULTS = dict(arch="mlp", latent=50, flow_steps=2)
 
 
 def config_from_options(opts):
-    """Config from the `minivae train` options (CLI names -> fields, schedule defaults, then
-    the dataset's defaults for options not given: cifar10 trains the conv model)."""
-    from . import data
-    likelihood = data.info(opts["dataset"])["likelihood"]
-    opts = {**opts, **{k: v for k, v in {**OPTION_DEFAULTS, **DATASET_DEFAULTS.get(opts["dataset"], {})}.items()
-                        if opts.get(k) is None}}
+    """Config from the `minivae train` options (CLI names -> fields): options not given take the
+    dataset's defaults (cifar10: the conv model), then the schedule's."""
+    likelihood = data.info(opts["dataset"])["likelihood"]   # also: a one-line error for a bad name
+    defaults = {**OPTION_DEFAULTS, **DATASET_DEFAULTS.get(opts["dataset"], {})}
+    opts = {**opts, **{k: v for k, v in defaults.items() if opts.get(k) is None}}
     schedule = opts["schedule"] or ("plain" if opts["epochs"] is not None else "burda")
     if schedule == "plain" and opts["epochs"] is None:
         raise MinivaeError("--schedule plain needs --epochs N")
