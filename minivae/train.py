@@ -177,6 +177,7 @@ def run_from_cli(opts):
     else:
         cfg, state, out = config_from_options(opts), None, opts["out"]
     get_family(cfg)  # fail early on an unsupported family
+    model.check_arch(cfg)  # or an arch without the dataset's likelihood
     x_train = data.load(cfg.dataset, "train", opts["data_dir"])
     if cfg.train_size:
         x_train = x_train[:cfg.train_size]
