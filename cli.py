@@ -63,16 +63,20 @@ def common(f):
 @main.command()
 @click.option("--q", "q", type=click.Choice(["ffg", "fullcov", "flow"]), default="ffg",
               help="posterior family")
-@click.option("--dataset", default="mnist", help="mnist (embedded), mnist-idx, fashion")
+@click.option("--dataset", default="mnist",
+              help="mnist (embedded), mnist-idx, fashion, cifar10 (conv model, latent 32, discretized "
+                   "logistic likelihood, warm-up 20 epochs, 4 flow steps unless given)")
+@click.option("--arch", type=click.Choice(["mlp", "conv"]), default=None,
+              help="mlp, or conv (paper Table 9, colour images) [default: conv for cifar10, else mlp]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="where datasets live (else $MINIVAE_DATA, else the user cache)")
-@click.option("--latent", type=int, default=50)
+@click.option("--latent", type=int, default=None, help="[default: 50; cifar10: 32]")
 @click.option("--enc-hidden", type=int, default=200, help="units per encoder hidden layer")
 @click.option("--enc-layers", type=int, default=2, help="encoder hidden layers")
 @click.option("--dec-hidden", type=int, default=200, help="units per decoder hidden layer")
 @click.option("--dec-layers", type=int, default=2, help="decoder hidden layers (paper Table 5: 0, 2, 4)")
 @click.option("--act", type=click.Choice(["elu", "tanh"]), default="elu")
-@click.option("--flow-steps", type=int, default=2)
+@click.option("--flow-steps", type=int, default=None, help="[default: 2; cifar10: 4]")
 @click.option("--objective", type=click.Choice(["elbo", "iwae"]), default="elbo")
 @click.option("--k", type=int, default=1, help="samples per datapoint in the objective")
 @click.option("--batch", type=int, default=100)
@@ -82,7 +86,7 @@ def common(f):
 @click.option("--epochs", type=int, default=None, help="epochs of the plain schedule")
 @click.option("--lr", type=float, default=1e-3, help="learning rate of the plain schedule")
 @click.option("--warmup-epochs", type=int, default=None,
-              help="entropy annealing epochs [default: 400 with burda, 0 with plain]")
+              help="entropy annealing epochs [default: 400 with burda, 0 with plain; cifar10: 20]")
 @click.option("--no-warmup", is_flag=True, help="train without entropy annealing (paper Table 6)")
 @click.option("--train-size", type=int, default=None, help="use only the first N training images")
 @click.option("--out", type=click.Path(dir_okay=False), default="model.h5", help="checkpoint to write")

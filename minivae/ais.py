@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import click
 import numpy as np
 
-from . import evaluate, hmc, nn
+from . import evaluate, hmc, model, nn
 from .backend import get_xp, to_numpy
 from .densities import bernoulli_logits, gaussian_lik
 from .errors import MinivaeError
@@ -60,11 +60,14 @@ def likelihood_target(params, cfg, x, chains=1, impl="auto"):
     Calling it runs the NumPy reference: decoder forward, then backward to z only (no weight
     gradients). Its `fused` is the hmc.Fused form on kernels.decoder_grad with buffers for
     exactly N * chains rows, or None (impl="ref", a model the kernels do not cover, no kernels).
+    The conv model (cfg.arch "conv") runs model.log_lik itself (ModelTarget, never fused).
     """
-    if cfg.likelihood not in ("bernoulli", "gaussian"):
-        raise MinivaeError(f"AIS supports bernoulli and gaussian likelihoods, not {cfg.likelihood!r}")
     if impl not in ("auto", "ref"):
         raise ValueError(f"impl must be auto or ref, not {impl!r}")
+    if cfg.arch != "mlp":
+        return ModelTarget(params, cfg, x, chains)
+    if cfg.likelihood not in ("bernoulli", "gaussian"):
+        raise MinivaeError(f"AIS supports bernoulli and gaussian likelihoods, not {cfg.likelihood!r}")
     return LikelihoodTarget(params, cfg, x, chains, impl)
 
 
@@ -108,6 +111,21 @@ class LikelihoodTarget:
             if i > 0:
                 d = backs[i - 1](d)
         return ll, d
+
+
+class ModelTarget:
+    """likelihood_target for any model by model.log_lik(need_grads=False) and its backward to z:
+    the reference path, used for the conv model (whose decoder the fused kernels do not cover)."""
+    fused = None
+
+    def __init__(self, params, cfg, x, chains):
+        self.params, self.cfg = params, cfg
+        self.x = get_xp(x).repeat(x, chains, axis=0) if chains > 1 else x   # (R, D)
+
+    def __call__(self, z, need_value=True):
+        ll, back = model.log_lik(self.params, self.cfg, self.x, z, need_grads=False)
+        dz, _ = back(get_xp(z).ones_like(ll))
+        return ll, dz
 
 
 class Noise:

@@ -21,13 +21,16 @@ from .progress import Progress
 
 
 def simulate(params, cfg, index, seed=0, xp=np):
-    """(x (N, D), z (N, Z)) in cfg.dtype: z ~ N(0, I), x ~ p(x|z) (Bernoulli or Gaussian)."""
+    """(x (N, D), z (N, Z)) in cfg.dtype: z ~ N(0, I), x ~ p(x|z) (Bernoulli, Gaussian or
+    discretized logistic: pixel clip(floor((mean + s logit(u)) 256), 0, 255) / 256, u ~ U(0, 1))."""
     rngs = streams(seed, index, SIMULATE)
     z = np.stack([r.standard_normal(cfg.latent) for r in rngs])
-    noise = np.stack([r.random(cfg.data_dim) if cfg.likelihood == "bernoulli"
-                      else r.standard_normal(cfg.data_dim) for r in rngs])
+    noise = np.stack([r.standard_normal(cfg.data_dim) if cfg.likelihood == "gaussian"
+                      else r.random(cfg.data_dim) for r in rngs])
     z = xp.asarray(z.astype(cfg.dtype))
     out, _ = model.decode(params, cfg, z)                              # (N, D)
+    if cfg.likelihood == "logistic":
+        return _simulate_logistic(out, xp.asarray(noise)).astype(cfg.dtype), z
     out = get_xp(out).asarray(out, np.float64)
     if cfg.likelihood == "bernoulli":
         x = (xp.asarray(noise) < 0.5 * (xp.tanh(0.5 * out) + 1))
@@ -36,6 +39,17 @@ def simulate(params, cfg, index, seed=0, xp=np):
     else:
         raise MinivaeError(f"BDMC cannot simulate a {cfg.likelihood!r} likelihood")
     return x.astype(cfg.dtype), z
+
+
+def _simulate_logistic(out, u):
+    """Pixels k/256 from the conv decoder's (mean (N, D), log-scale per channel (N, 3)) and
+    uniforms u (N, D) in [0, 1): the bin of a logistic sample, edge bins taking the tails."""
+    xp = get_xp(u)
+    mean, log_scale = (xp.asarray(a, np.float64) for a in out)
+    s = xp.repeat(xp.exp(log_scale), mean.shape[1] // log_scale.shape[1], axis=1)
+    u = xp.clip(u, 1e-300, None)                                       # u = 0 would give logit -inf
+    y = mean + s * (xp.log(u) - xp.log1p(-u))                          # logistic(mean, s) sample
+    return xp.clip(xp.floor(y * 256), 0, 255) / 256
 
 
 def reverse(params, cfg, x, z, index, seed, s, sched, progress=None, impl="auto"):

@@ -11,6 +11,8 @@ class Config:
     dataset: str = "mnist"
     data_dim: int = 784
     likelihood: str = "bernoulli"  # bernoulli (binarized images) | gaussian (linear-Gaussian tests)
+                                   # | logistic (discretized, 256 levels: CIFAR-10)
+    arch: str = "mlp"              # mlp | conv (paper Table 9, CIFAR-10; see convmodel.py)
     obs_std: float = 1.0           # std of the Gaussian likelihood
     q: str = "ffg"                 # ffg | fullcov | flow
     latent: int = 50

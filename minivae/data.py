@@ -119,6 +119,16 @@ def load(name, split, data_dir=None, allow_download=True, verify=True):
     return x[train_idx] if split == "train" else x[valid_idx]
 
 
+def to_float(x, likelihood, dtype, xp=np):
+    """Rows of a split as the model sees them, (N, D) in `dtype` on xp's device: 0/1 as they are;
+    uint8 pixels of the discretized logistic (cifar10) as k / 256, the lower edges of its
+    256 bins of width 1/256 (exact in float32). Float input passes through unscaled."""
+    dtype = np.dtype(dtype)
+    if likelihood == "logistic" and x.dtype == np.uint8:
+        return xp.asarray(x, dtype=dtype) * dtype.type(1 / 256)
+    return xp.asarray(x, dtype=dtype)
+
+
 def binarize(images, seed=BINARIZE_SEED):
     """Static binarization: (N, ...) uint8 intensities -> (N, D) uint8, x = (u < pixel / 255).
 

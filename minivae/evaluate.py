@@ -28,7 +28,7 @@ def load_data(cfg, split, n, data_dir=None, xp=np):
     if x.shape[1] != cfg.data_dim:
         raise CheckpointError(f"the checkpoint's model has data_dim {cfg.data_dim} but {cfg.dataset} "
                               f"rows have {x.shape[1]} values: wrong checkpoint for this dataset")
-    return xp.asarray(x[:n].astype(cfg.dtype))
+    return data.to_float(x[:n], cfg.likelihood, cfg.dtype, xp)
 
 
 def check_options(**values):

@@ -46,8 +46,9 @@ def supports(cfg, family):
 
 
 def decoder_supported(cfg):
-    """Whether log_lik_dz handles this decoder: ELU hidden layers, Bernoulli p(x|z)."""
-    return cfg.act == "elu" and cfg.likelihood == "bernoulli" and kernels() is not None
+    """Whether log_lik_dz handles this decoder: an MLP with ELU hidden layers, Bernoulli p(x|z)."""
+    return (cfg.arch == "mlp" and cfg.act == "elu" and cfg.likelihood == "bernoulli"
+            and kernels() is not None)
 
 
 def log_lik_dz(params, cfg, x, z, workspace=None):

@@ -1,13 +1,26 @@
 """The VAE's two nets and log p(x, z) with gradients wrt z and the decoder's parameters.
 
-Keys: encoder `enc.fc{i}.{W,b}`, decoder `dec.fc{i}.{W,b}`, posterior family `q.*`.
+cfg.arch "mlp" (here): encoder `enc.fc{i}.{W,b}`, decoder `dec.fc{i}.{W,b}`; "conv": the
+CIFAR-10 model of convmodel.py. Posterior family `q.*` for both.
 """
 import numpy as np
 
-from . import nn
+from . import convmodel, nn
 from .backend import get_xp
 from .densities import bernoulli_logits, gaussian_lik, log_std_normal
+from .errors import MinivaeError
 from .posteriors import get_family
+
+LIKELIHOODS = {"mlp": ("bernoulli", "gaussian"), "conv": ("logistic",)}
+
+
+def check_arch(cfg):
+    """A one-line error for an unknown arch or a likelihood the arch does not output."""
+    if cfg.arch not in LIKELIHOODS:
+        raise MinivaeError(f"unknown arch {cfg.arch!r}: choose mlp or conv")
+    if cfg.likelihood not in LIKELIHOODS[cfg.arch]:
+        raise MinivaeError(f"arch {cfg.arch} supports the {' and '.join(LIKELIHOODS[cfg.arch])} "
+                           f"likelihood, not {cfg.likelihood!r}")
 
 
 def enc_sizes(cfg, n_out):
@@ -20,8 +33,13 @@ def dec_sizes(cfg):
 
 def init_params(cfg, rng, xp=np):
     """All parameters of the VAE (encoder, decoder, family globals) in one flat dict."""
+    check_arch(cfg)
     dtype = np.dtype(cfg.dtype)
     family = get_family(cfg)
+    if cfg.arch == "conv":
+        params = convmodel.init_params(cfg, family, rng, xp)
+        family.init_global(rng, params, dtype, xp)
+        return params
     params = {}
     nn.init_mlp(rng, params, "enc", enc_sizes(cfg, family.n_out), dtype, xp=xp)
     nn.init_mlp(rng, params, "dec", dec_sizes(cfg), dtype, xp=xp)
@@ -31,11 +49,16 @@ def init_params(cfg, rng, xp=np):
 
 def encode(params, cfg, x):
     """x: (B, D) -> per-datapoint parameters of q, h: (B, P). backward gives dx = None."""
+    if cfg.arch == "conv":
+        return convmodel.encode(params, cfg, x)
     return nn.mlp(params, "enc", x, cfg.enc_layers + 1, cfg.act, need_dx=False)
 
 
 def decode(params, cfg, z, need_grads=True):
-    """z: (..., Z) -> logits (Bernoulli) or mean (Gaussian): (..., D)."""
+    """z: (..., Z) -> logits (Bernoulli) or mean (Gaussian): (..., D); arch conv: the pair
+    (mean (..., D), per-channel log-scale (..., 3)), backward taking the pair of gradients."""
+    if cfg.arch == "conv":
+        return convmodel.decode(params, cfg, z, need_grads)
     lead = z.shape[:-1]
     out, back = nn.mlp(params, "dec", z.reshape(-1, z.shape[-1]), cfg.dec_layers + 1, cfg.act,
                        need_grads=need_grads)
@@ -52,6 +75,8 @@ def log_lik(params, cfg, x, z, need_grads=True):
 
     backward(dll) -> (dz, decoder grads); need_grads=False: dz only (grads {}).
     """
+    if cfg.arch == "conv":
+        return convmodel.log_lik(params, cfg, x, z, need_grads)
     out, back = decode(params, cfg, z, need_grads)
     xb = x[:, None, :] if z.ndim == x.ndim + 1 else x
     if cfg.likelihood == "bernoulli":

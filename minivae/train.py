@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from . import fastpath, io, model, objectives
+from . import data, fastpath, io, model, objectives
 from .backend import device_xp, normal, rng_from_state, rng_state, to_numpy
 from .config import Config
 from .errors import MinivaeError
@@ -26,7 +26,7 @@ def evaluate_elbo(params, cfg, x, seed, xp=np, k=1, chunk=1000):
     dtype = np.dtype(cfg.dtype)
     out = []
     for i in range(0, len(x), chunk):
-        xb = xp.asarray(x[i:i + chunk], dtype=dtype)
+        xb = data.to_float(x[i:i + chunk], cfg.likelihood, dtype, xp)
         eps = normal(rng, (len(xb), k, family.noise_dim), xb)
         out.append(to_numpy(objectives.bound(params, cfg, family, xb, eps)).astype(np.float64))
     return np.concatenate(out)
@@ -67,7 +67,7 @@ def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=
         perm = rng.permutation(len(x_train))
         running = 0.0
         for b in range(n_batches):
-            xb = xp.asarray(x_train[perm[b * cfg.batch:(b + 1) * cfg.batch]], dtype=dtype)
+            xb = data.to_float(x_train[perm[b * cfg.batch:(b + 1) * cfg.batch]], cfg.likelihood, dtype, xp)
             eps = normal(rng, (cfg.batch, cfg.k, family.noise_dim), xb)
             lam = entropy_weight(cfg, epoch + b / n_batches)
             value = step(xb, eps, lam, lr)
@@ -133,8 +133,17 @@ def load_state(path, xp=np):
                               rng_state=ck["rng_state"], curves=curves)
 
 
+# Per-dataset defaults of `minivae train` options left unset (paper 6.1.1 and 6.1.3, Table 9).
+DATASET_DEFAULTS = {"cifar10": dict(arch="conv", latent=32, warmup_epochs=20, flow_steps=4)}
+OPTION_DEFAULTS = dict(arch="mlp", latent=50, flow_steps=2)
+
+
 def config_from_options(opts):
-    """Config from the `minivae train` options (CLI names -> fields, schedule defaults)."""
+    """Config from the `minivae train` options (CLI names -> fields): options not given take the
+    dataset's defaults (cifar10: the conv model), then the schedule's."""
+    likelihood = data.info(opts["dataset"])["likelihood"]   # also: a one-line error for a bad name
+    defaults = {**OPTION_DEFAULTS, **DATASET_DEFAULTS.get(opts["dataset"], {})}
+    opts = {**opts, **{k: v for k, v in defaults.items() if opts.get(k) is None}}
     schedule = opts["schedule"] or ("plain" if opts["epochs"] is not None else "burda")
     if schedule == "plain" and opts["epochs"] is None:
         raise MinivaeError("--schedule plain needs --epochs N")
@@ -148,7 +157,8 @@ def config_from_options(opts):
             raise MinivaeError(f"--{name.replace('_', '-')} must be at least 1 (got {opts[name]})")
     if opts["epochs"] is not None and opts["epochs"] < 1:
         raise MinivaeError(f"--epochs must be at least 1 (got {opts['epochs']})")
-    return Config(dataset=opts["dataset"], q=opts["q"], latent=opts["latent"],
+    return Config(dataset=opts["dataset"], arch=opts["arch"], likelihood=likelihood, q=opts["q"],
+                  latent=opts["latent"],
                   enc_hidden=opts["enc_hidden"], enc_layers=opts["enc_layers"],
                   dec_hidden=opts["dec_hidden"], dec_layers=opts["dec_layers"], act=opts["act"],
                   flow_steps=opts["flow_steps"], objective=opts["objective"], k=opts["k"],
@@ -167,6 +177,7 @@ def run_from_cli(opts):
     else:
         cfg, state, out = config_from_options(opts), None, opts["out"]
     get_family(cfg)  # fail early on an unsupported family
+    model.check_arch(cfg)  # or an arch without the dataset's likelihood
     x_train = data.load(cfg.dataset, "train", opts["data_dir"])
     if cfg.train_size:
         x_train = x_train[:cfg.train_size]

@@ -20,8 +20,9 @@ def guess_family(cfg, params):
     """Which family's parameters `params` holds (by its keys and encoder width), or None."""
     if any(k.startswith("q.") for k in params):
         return "flow"
-    b = params.get(f"enc.fc{cfg.enc_layers}.b")
-    W = params.get("dec.fc0.W")
+    conv = cfg.arch == "conv"
+    b = params.get("enc.fc.b" if conv else f"enc.fc{cfg.enc_layers}.b")
+    W = params.get("dec.fc.W" if conv else "dec.fc0.W")
     if b is None or W is None:
         return None
     Z, width = W.shape[0], b.shape[-1]

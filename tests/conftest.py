@@ -1,9 +1,14 @@
+import io
 import os
+import pickle
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
+from minivae import data
 
 # Tests find the shared datasets relative to the repo (../shared/data), never an absolute path.
 os.environ.setdefault("MINIVAE_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -39,3 +44,34 @@ def tiny_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ck") / "tiny.h5"
     io.save_checkpoint(path, model.init_params(cfg, np.random.default_rng(0)), cfg)
     return str(path)
+
+
+# --- CIFAR-10 on tiny batches in the real format (the real files are not on this machine) ---
+
+CIFAR_NAMES = data.CIFAR_BATCHES + ("test_batch",)
+
+
+def cifar_batch(i, n=20):
+    """A batch dict as in the real python version (bytes keys, uint8 (n, 3072), list labels)."""
+    x = np.random.default_rng(i).integers(0, 256, (n, 3072), dtype=np.uint8)
+    return {b"batch_label": b"batch %d" % i, b"labels": [int(v) for v in x[:, 0] % 10],
+            b"data": x, b"filenames": [b"img_%d_%d.png" % (i, j) for j in range(n)]}
+
+
+def write_cifar_tar(path, batches):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, batch in batches.items():
+            raw = batch if isinstance(batch, bytes) else pickle.dumps(batch, protocol=2)
+            member = tarfile.TarInfo(f"{data.CIFAR_DIR}/{name}")
+            member.size = len(raw)
+            tar.addfile(member, io.BytesIO(raw))
+    return path
+
+
+@pytest.fixture
+def cifar(tmp_path, monkeypatch):
+    """A tiny CIFAR tarball in tmp_path: 20 images per batch, 5 of them valid."""
+    monkeypatch.setattr(data, "CIFAR_VALID_SIZE", 5)
+    batches = {name: cifar_batch(i) for i, name in enumerate(CIFAR_NAMES)}
+    write_cifar_tar(tmp_path / data.CIFAR_TAR, batches)
+    return {name: b[b"data"] for name, b in batches.items()}

@@ -23,6 +23,8 @@ import pytest
 from minivae import data
 from minivae.errors import DataError
 
+from conftest import cifar_batch, write_cifar_tar
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / os.environ.get("MINIVAE_DATA", "../shared/data")  # an absolute env value wins
 T10K = "t10k-images-idx3-ubyte.gz"
@@ -261,35 +263,6 @@ def test_info():
 
 
 # --- CIFAR-10 on tiny batches in the real format ------------------------------------------
-
-CIFAR_NAMES = data.CIFAR_BATCHES + ("test_batch",)
-
-
-def cifar_batch(i, n=20):
-    """A batch dict as in the real python version (bytes keys, uint8 (n, 3072), list labels)."""
-    x = np.random.default_rng(i).integers(0, 256, (n, 3072), dtype=np.uint8)
-    return {b"batch_label": b"batch %d" % i, b"labels": [int(v) for v in x[:, 0] % 10],
-            b"data": x, b"filenames": [b"img_%d_%d.png" % (i, j) for j in range(n)]}
-
-
-def write_cifar_tar(path, batches):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, batch in batches.items():
-            raw = batch if isinstance(batch, bytes) else pickle.dumps(batch, protocol=2)
-            member = tarfile.TarInfo(f"{data.CIFAR_DIR}/{name}")
-            member.size = len(raw)
-            tar.addfile(member, io.BytesIO(raw))
-    return path
-
-
-@pytest.fixture
-def cifar(tmp_path, monkeypatch):
-    """A tiny CIFAR tarball in tmp_path: 20 images per batch, 5 of them valid."""
-    monkeypatch.setattr(data, "CIFAR_VALID_SIZE", 5)
-    batches = {name: cifar_batch(i) for i, name in enumerate(CIFAR_NAMES)}
-    write_cifar_tar(tmp_path / data.CIFAR_TAR, batches)
-    return {name: b[b"data"] for name, b in batches.items()}
-
 
 @pytest.mark.parametrize("extracted", [False, True])
 def test_cifar_splits(tmp_path, cifar, extracted):
