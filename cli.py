@@ -178,9 +178,10 @@ def ais_options(f):
 @click.option("--k", type=int, default=5000, help="samples of q per datapoint")
 @click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
-@click.option("--chunk", type=int, default=10000,
-              help="rows (datapoints x samples) per decoder call; memory stays near "
-                   "chunk x data_dim x 6 values (about 190 MB at 10000 x 784 in float32) whatever --k is")
+@click.option("--chunk", type=int, default=None,
+              help="rows (datapoints x samples) per decoder call [default: 10000, conv models 1000]; "
+                   "memory stays near chunk x data_dim x 6 values for an MLP decoder (about 190 MB at "
+                   "10000 x 784 in float32) whatever --k is")
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5", help="results file (stage iwae)")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="where datasets live (else $MINIVAE_DATA, else the user cache)")
@@ -231,7 +232,8 @@ def bdmc(**opts):
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="where datasets live (else $MINIVAE_DATA, else the user cache)")
 @click.option("--k", type=int, default=5000, help="L_VAE[q] and L_IWAE[q]: samples of q per datapoint")
-@click.option("--chunk", type=int, default=10000, help="L_VAE/L_IWAE: rows (datapoints x samples) per decoder call")
+@click.option("--chunk", type=int, default=None,
+              help="L_VAE/L_IWAE: rows (datapoints x samples) per decoder call [default: 10000, conv models 1000]")
 @ais_options
 @click.option("--no-ais", is_flag=True, help="skip AIS: log p^(x) from L_IWAE[q] alone")
 @click.option("--qstar", default="ffg,flow",

@@ -31,6 +31,16 @@ def load_data(cfg, split, n, data_dir=None, xp=np):
     return data.to_float(x[:n], cfg.likelihood, cfg.dtype, xp)
 
 
+def decoder_chunk(chunk, cfg):
+    """Rows (datapoints x samples) per decoder call for the bounds: `chunk` if given, else a
+    size whose buffers stay near 200 MB: a conv decoder call holds about 65 000 values per row
+    (its transposed convolutions' patches), an MLP's about 6 x data_dim."""
+    if chunk is None:
+        return 1000 if cfg.arch == "conv" else 10000
+    check_options(chunk=chunk)
+    return chunk
+
+
 def check_options(**values):
     """Every named option must be a positive number; a clear one-line error otherwise."""
     for name, v in values.items():

@@ -123,8 +123,9 @@ def run_from_cli(opts):
     from . import ais, evaluate, localopt
     if opts["format"] not in FORMATS:
         raise MinivaeError(f"unknown --format {opts['format']!r}: choose one of {', '.join(FORMATS)}")
-    evaluate.check_options(n=opts["n"], k=opts["k"], chunk=opts["chunk"])
+    evaluate.check_options(n=opts["n"], k=opts["k"])
     params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
+    chunk = evaluate.decoder_chunk(opts["chunk"], cfg)
     qstar = [q.strip() for q in opts["qstar"].split(",") if q.strip()]
     if cfg.q not in qstar:
         qstar.append(cfg.q)                      # the gaps need q* of the trained family
@@ -137,7 +138,7 @@ def run_from_cli(opts):
     x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
     meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)
     lo = localopt.settings_from_options({**opts, "block": opts["localopt_block"]})
-    results = collect(params, cfg, x, opts["out"], opts["k"], opts["chunk"], s, opts["block"],
+    results = collect(params, cfg, x, opts["out"], opts["k"], chunk, s, opts["block"],
                       qstar, lo, opts["seed"], meta, progress=True)
     rows = gap_table(results, cfg.q)
     print(format_rows(rows, opts["format"], cfg.q, dict(split=opts["split"], dataset=cfg.dataset)))

@@ -90,11 +90,12 @@ BLOCK_DATAPOINTS = 50
 
 
 def run_from_cli(opts):
-    evaluate.check_options(k=opts["k"], n=opts["n"], chunk=opts["chunk"])
+    evaluate.check_options(k=opts["k"], n=opts["n"])
     params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
+    chunk = evaluate.decoder_chunk(opts["chunk"], cfg)
     x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
     meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)
     t0 = time.perf_counter()
-    elbo, iwae = stage(params, cfg, x, opts["out"], opts["k"], opts["seed"], opts["chunk"], meta)
+    elbo, iwae = stage(params, cfg, x, opts["out"], opts["k"], opts["seed"], chunk, meta)
     click.echo(f"iwae: n={len(x)} k={opts['k']}  mean L_VAE[q]={elbo.mean():.4f}  "
                f"mean L_IWAE[q]={iwae.mean():.4f}  ({time.perf_counter() - t0:.1f}s) -> {opts['out']} [iwae]")

@@ -167,3 +167,14 @@ def test_bounds_on_cupy_arrays_match_the_cpu(q):
     for g, w in zip(got, want):
         assert isinstance(g, np.ndarray)                                # host arrays out
         np.testing.assert_allclose(g, w, rtol=1e-10)
+
+
+def test_decoder_chunk_defaults_by_architecture():
+    from minivae import evaluate
+    from minivae.config import Config
+    from minivae.errors import MinivaeError
+    assert evaluate.decoder_chunk(None, Config()) == 10000
+    assert evaluate.decoder_chunk(None, Config(arch="conv")) == 1000    # 65k values per row
+    assert evaluate.decoder_chunk(77, Config(arch="conv")) == 77
+    with pytest.raises(MinivaeError, match="--chunk must be positive"):
+        evaluate.decoder_chunk(0, Config())
