@@ -115,3 +115,17 @@ def test_best_of_starts_keeps_each_datapoints_best_fit(monkeypatch):
     np.testing.assert_array_equal(r["steps"], [10, 20, 10])
     np.testing.assert_array_equal(r["elbo"], [-1.0, -4.0, -2.0])
     assert [s.decode() for s in r["start"]] == ["a", "b", "a"]
+
+
+def test_refined_summary_gets_narrow_posteriors_right_where_the_wide_grid_cannot():
+    from minivae import lingauss
+    # posterior std about 0.03: a third of the wide grid's 0.1 spacing
+    cfg, params, x = lingauss.make(latent=2, data_dim=30, obs_std=0.5, scale=3.0, n=3)
+    exact = lingauss.log_px(params, cfg, x)
+    m, P = lingauss.posterior(params, cfg, x)
+    assert np.sqrt(np.diag(np.linalg.inv(P))).max() < 0.05
+    lj, g = fig2.grid_log_joint(params, cfg, x, -8, 8, 161)
+    assert np.abs(fig2.posterior_summary(lj, g)["logpx"] - exact).max() > 0.1    # the coarse grid
+    s = fig2.refined_summary(params, cfg, x)
+    np.testing.assert_allclose(s["logpx"], exact, atol=1e-4)
+    np.testing.assert_allclose(s["mean"], m, atol=1e-4)
