@@ -216,13 +216,14 @@ def test_ffg_shapes_are_checked():
         reparam.ffg_forward(h, std, eps[:, :2], 1.0, np.empty((12, 5)), np.empty((4, 3)))
 
 
-def test_run_cpu_skips_the_thread_query_with_one_thread(monkeypatch):
+def test_cpu_skips_the_thread_query_with_one_thread(monkeypatch):
     calls = []
-    monkeypatch.setattr(_dispatch, "cpu", lambda k, n, *a: calls.append(n) or k(*a))
-    monkeypatch.setattr(_threads.numba.config, "NUMBA_NUM_THREADS", 1)
+    monkeypatch.setattr(_dispatch.numba, "get_num_threads", lambda: calls.append(1) or 1)
+    monkeypatch.setattr(_dispatch.numba.config, "NUMBA_NUM_THREADS", 1)
     assert _threads.run_cpu(lambda a: a + 1, 10, 1) == 2 and calls == []
-    monkeypatch.setattr(_threads.numba.config, "NUMBA_NUM_THREADS", 2)
-    assert _threads.run_cpu(lambda a: a + 1, 10, 1) == 2 and calls == [10]
+    assert _dispatch.cpu(lambda a: a + 1, 10, 1) == 2 and calls == []
+    monkeypatch.setattr(_dispatch.numba.config, "NUMBA_NUM_THREADS", 2)
+    assert _dispatch.cpu(lambda a: a + 1, 10, 1) == 2 and calls
 
 
 # --- CUDA twins --------------------------------------------------------------------------------
