@@ -63,22 +63,6 @@ def _reshape(x, shape):
     return x.reshape(shape), lambda dy: dy.reshape(x.shape)
 
 
-def _backward_chain(backs):
-    """backward(dy) running the closures in reverse; layers give (dx, grads), others dx."""
-    def backward(dy):
-        grads = {}
-        for back in reversed(backs):
-            out = back(dy)
-            if isinstance(out, tuple):
-                dy, g = out
-                nn.add_grads(grads, g)
-            else:
-                dy = out
-        return dy, grads
-
-    return backward
-
-
 def encode(params, cfg, x):
     """x: (B, D) -> h: (B, P). backward(dh) -> (None, encoder grads)."""
     side, backs = image_side(cfg), []
@@ -92,7 +76,7 @@ def encode(params, cfg, x):
     backs.append(back)
     h, back = nn.linear(params, "enc.fc", h)
     backs.append(back)
-    return h, _backward_chain(backs)
+    return h, nn.chain(backs)
 
 
 def decode(params, cfg, z, need_grads=True):
@@ -114,7 +98,7 @@ def decode(params, cfg, z, need_grads=True):
         backs.append(back)
     mean, back = _reshape(h, lead + (cfg.data_dim,))
     backs.append(back)
-    back_mean = _backward_chain(backs)
+    back_mean = nn.chain(backs)
     log_scale, back_scale = nn.mlp(params, "dec.scale", z2, len(SCALE_HIDDEN) + 1, "elu",
                                    need_grads=need_grads)
 

@@ -98,6 +98,12 @@ def mlp(params, prefix, x, n_layers, act="elu", need_dx=True, need_grads=True):
             h, back_act = act(h)
             backs.append(back_act)
 
+    return h, chain(backs)
+
+
+def chain(backs):
+    """One backward(dy) -> (dx, grads) from the backward closures of layers applied in order:
+    run in reverse; a layer's closure gives (dx, grads), an activation's or reshape's gives dx."""
     def backward(dy):
         grads = {}
         for back in reversed(backs):
@@ -109,7 +115,7 @@ def mlp(params, prefix, x, n_layers, act="elu", need_dx=True, need_grads=True):
                 dy = out
         return dy, grads
 
-    return h, backward
+    return backward
 
 
 def init_mlp(rng, params, prefix, sizes, dtype=np.float32, batch=None, xp=np):
