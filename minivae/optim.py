@@ -49,23 +49,25 @@ def adam_scalars(state, lr, b1=0.9, b2=0.999, eps=1e-8):
 
 def adam_step(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8, impl="auto"):
     """One ascent step on every key of `grads`, in place (params, m, v updated).
-    impl: "ref" this NumPy code, "kernel" kernels.adam_dense (the same numbers, one pass per
+    impl: "ref" adam_update (NumPy), "kernel" kernels.adam_dense (the same numbers, one pass per
     key), "auto" the kernel where it can run."""
     step, eps_hat = adam_scalars(state, lr, b1, b2, eps)
     for k, g in grads.items():
         m, v, p = state["m"][k], state["v"][k], params[k]
         fused = _fused(impl, (p, g, m, v))
-        if fused is not None:
-            fused[0](p, g, m, v, step, eps_hat, b1, b2)
-            continue
-        xp = get_xp(p)
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * (g * g)
-        denom = xp.sqrt(v)
-        denom += eps_hat
-        p += step * (m / denom)
+        (fused[0] if fused is not None else adam_update)(p, g, m, v, step, eps_hat, b1, b2)
+
+
+def adam_update(p, g, m, v, step, eps_hat, b1, b2):
+    """One Adam update of p, m, v in place (the NumPy reference of kernels.adam_dense)."""
+    xp = get_xp(p)
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * (g * g)
+    denom = xp.sqrt(v)
+    denom += eps_hat
+    p += step * (m / denom)
 
 
 def batched_adam_step(params, grads, state, lr, active, b1=0.9, b2=0.999, eps=1e-8, impl="auto"):
