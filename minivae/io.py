@@ -27,7 +27,9 @@ def atomic_path(path):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    # named after `path`, so that a run holding its claim can remove a killed run's leftovers
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.tmp-",
+                               suffix=os.path.splitext(path)[1])
     os.close(fd)
     try:
         yield tmp
