@@ -1,25 +1,38 @@
 """`minivae`: the command line. It only parses options and calls the library."""
 import os
+import signal
 import sys
+import threading
 
 import click
 
 from minivae.errors import MinivaeError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` runs and finished blocks stay saved."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 class Group(click.Group):
-    """User mistakes (MinivaeError) end as one line on stderr and exit code 2, no traceback."""
+    """User mistakes (MinivaeError) end as one line on stderr and exit code 2, no traceback.
+    SIGINT and SIGTERM end the run after its `finally` blocks: exit 130 or 143."""
 
     def invoke(self, ctx):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
         except MinivaeError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             click.echo("Interrupted: finished blocks are saved; run the same command again to resume.",
                        err=True)
-            ctx.exit(130)
+            ctx.exit(143 if isinstance(e, Terminated) else 130)
 
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")

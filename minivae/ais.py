@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass
 import click
 import numpy as np
 
-from . import evaluate, hmc, model, nn
-from .backend import get_xp, to_numpy
+from . import evaluate, hmc, model, nn, stages
+from .backend import get_xp, matmul, to_numpy
 from .densities import bernoulli_logits, gaussian_lik
 from .errors import MinivaeError
-from .progress import Progress
 
 FINAL, TUNE, REVERSE, SIMULATE = 0, 1, 2, 3   # noise streams per datapoint
 
@@ -95,7 +94,7 @@ class LikelihoodTarget:
         act, W, b = nn.ACTIVATIONS[self.cfg.act], self.W, self.b
         h, backs = z, []
         for i in range(self.n):
-            h = h @ W[i] + b[i]                                  # (R, H) ... (R, D)
+            h = matmul(h, W[i]) + b[i]                           # (R, H) ... (R, D)
             if i < self.n - 1:
                 h, back = act(h)
                 backs.append(back)
@@ -107,7 +106,7 @@ class LikelihoodTarget:
         else:                                                    # skip the softplus sum
             d = self.x - 0.5 * (get_xp(h).tanh(0.5 * h) + 1)
         for i in reversed(range(self.n)):
-            d = d @ W[i].T
+            d = matmul(d, W[i].T)
             if i > 0:
                 d = backs[i - 1](d)
         return ll, d
@@ -189,14 +188,9 @@ def anneal(target, z, betas, rngs, s, step, frozen=False, progress=None, impl="a
                                                       log_u, s.leapfrog, tune, impl)
         acc += a
         nan += bad
-        if progress is not None:                                 # a metric only now and then: it syncs
-            progress.update(1, **({"accept": float(acc.sum() / (R * t))} if t % 20 == 1 else {}))
+        if progress is not None and t % 20 == 1:                 # now and then: it syncs
+            progress.update(0, transition=f"{t}/{T - 1}", accept=float(acc.sum() / (R * t)))
     return to_numpy(logw).reshape(-1, C), dict(accept=acc, nan=nan, steps=steps)
-
-
-def streams(seed, index, stream):
-    """One Generator per datapoint index: default_rng([seed, i, stream])."""
-    return [np.random.default_rng([seed, int(i), stream]) for i in index]
 
 
 def chain_mean_steps(steps, C):
@@ -232,7 +226,7 @@ def forward(params, cfg, x, index, seed, s, progress=None, impl="auto"):
     betas = schedule(s.steps, s.schedule)
 
     def start(stream):
-        rngs = streams(seed, index, stream)
+        rngs = stages.streams(seed, index, stream)
         z = xp.asarray(np.concatenate([r.standard_normal((C, cfg.latent), dtype=x.dtype) for r in rngs]))
         return z, rngs
 
@@ -260,27 +254,22 @@ def check_settings(s):
         raise MinivaeError(f"unknown --adapt {s.adapt!r}: choose per-chain or tune-then-freeze")
 
 
-def run(params, cfg, x, out, s, seed=0, block=10, meta=None, progress=True, max_blocks=None, impl="auto"):
+def compute(index, params, cfg, x, s, seed, impl="auto", progress=None):
+    """The stage's block function (see stages.run): forward AIS statistics of datapoints `index`."""
+    return forward(params, cfg, x[index], index, seed, s, progress=progress, impl=impl)[0]
+
+
+def run(params, cfg, x, out, s, seed=0, block=10, meta=None, progress=True, impl="auto", runner=None):
     """AIS for every row of x (N, D), saved to stage "ais" of `out` after each block; a run
-    stopped part way continues after its last saved block. Returns the per-datapoint arrays.
-    impl="auto": the fused kernels where they cover the model, "ref": NumPy (same numbers to
-    rounding; not part of the saved settings)."""
+    stopped part way continues after its last saved block (stages.run). Returns the
+    per-datapoint arrays. impl="auto": the fused kernels where they cover the model, "ref":
+    NumPy (same numbers to rounding; not part of the saved settings)."""
     check_settings(s)
     evaluate.check_options(block=block)
-    n = len(x)
     settings = dict(asdict(s), seed=seed, dtype=cfg.dtype, **(meta or {}))
-    done = evaluate.finished_rows(out, "ais", settings)
-    todo = max(n - (len(done["index"]) if done else 0), 0)
-    passes = 2 if s.adapt == "tune-then-freeze" else 1
-    bar = Progress(-(-todo // block) * (s.steps - 1) * passes, "ais transitions", enabled=progress)
-
-    def compute(lo, hi):
-        return forward(params, cfg, x[lo:hi], range(lo, hi), seed, s, progress=bar, impl=impl)[0]
-
-    try:
-        return evaluate.resume_blocks(out, "ais", settings, n, block, compute, done, max_blocks)
-    finally:
-        bar.close()
+    shared = dict(params=params, cfg=cfg, x=x, s=s, seed=seed, impl=impl)
+    return stages.run(out, "ais", settings, len(x), block, compute, shared, finite=("estimate",),
+                      progress=progress, runner=runner)
 
 
 def run_from_cli(opts):

@@ -55,6 +55,16 @@ def to_numpy(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
+def matmul(a, b):
+    """a @ b, with a single-row `a` (1, K) computed as a two-row product: NumPy sends a one-row
+    product to BLAS gemv, whose rounding differs from gemm's, and a datapoint's numbers must not
+    depend on how many rows share its call (a block of one datapoint, one chain)."""
+    if a.ndim == 2 and a.shape[0] == 1:
+        xp = get_xp(a)
+        return (xp.concatenate([a, a]) @ b)[:1]
+    return a @ b
+
+
 def normal(rng, shape, like):
     """Standard-normal noise of `shape` on the device and dtype of array `like`."""
     xp = get_xp(like)

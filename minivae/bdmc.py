@@ -12,12 +12,12 @@ from dataclasses import asdict
 import click
 import numpy as np
 
-from . import evaluate, model
+from . import evaluate, model, stages
 from .ais import (REVERSE, SIMULATE, Settings, anneal, check_settings, forward, likelihood_target, schedule,
-                  streams, summarize)
+                  summarize)
+from .stages import streams
 from .backend import get_xp
 from .errors import MinivaeError
-from .progress import Progress
 
 
 def simulate(params, cfg, index, seed=0, xp=np):
@@ -75,27 +75,22 @@ def sandwich(params, cfg, x, z, index, seed, s, progress=None, impl="auto"):
                 z=z, x=x)
 
 
-def run(params, cfg, n, out, s, seed=0, block=10, meta=None, progress=True, impl="auto"):
+def compute(index, params, cfg, s, seed, impl="auto", progress=None):
+    """The stage's block function (see stages.run): simulate datapoints `index`, then their
+    BDMC sandwich."""
+    x, z = simulate(params, cfg, index, seed, get_xp(next(iter(params.values()))))
+    return sandwich(params, cfg, x, z, index, seed, s, progress, impl)
+
+
+def run(params, cfg, n, out, s, seed=0, block=10, meta=None, progress=True, impl="auto", runner=None):
     """BDMC on n datapoints simulated from the model, saved to stage "bdmc" after each block
-    (a stopped run resumes). Returns the per-datapoint arrays."""
+    (a stopped run resumes, stages.run). Returns the per-datapoint arrays."""
     check_settings(s)
     evaluate.check_options(n=n, block=block)
-    xp = get_xp(next(iter(params.values())))
     settings = dict(asdict(s), seed=seed, dtype=cfg.dtype, **(meta or {}))
-    done = evaluate.finished_rows(out, "bdmc", settings)
-    todo = max(n - (len(done["index"]) if done else 0), 0)
-    passes = 3 if s.adapt == "tune-then-freeze" else 2
-    bar = Progress(-(-todo // block) * (s.steps - 1) * passes, "bdmc transitions", enabled=progress)
-
-    def compute(lo, hi):
-        index = range(lo, hi)
-        x, z = simulate(params, cfg, index, seed, xp)
-        return sandwich(params, cfg, x, z, index, seed, s, bar, impl)
-
-    try:
-        return evaluate.resume_blocks(out, "bdmc", settings, n, block, compute, done)
-    finally:
-        bar.close()
+    shared = dict(params=params, cfg=cfg, s=s, seed=seed, impl=impl)
+    return stages.run(out, "bdmc", settings, n, block, compute, shared, finite=("lower", "upper"),
+                      progress=progress, runner=runner)
 
 
 def run_from_cli(opts):

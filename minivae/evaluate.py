@@ -1,12 +1,11 @@
 """What the evaluation commands share: a checkpoint's model, the first n rows of a split,
-option checks, and a block loop that saves after every block and resumes where it stopped."""
+option checks, AIS weight statistics (the block loop is stages.run)."""
 import hashlib
-import json
 
 import numpy as np
 
 from . import data, io
-from .backend import device_xp, get_dtype, to_numpy
+from .backend import device_xp, get_dtype
 from .errors import CheckpointError, MinivaeError
 
 
@@ -71,39 +70,3 @@ def weight_stats(logw):
     logw = np.asarray(logw, np.float64)
     w = np.exp(logw - logw.max(1, keepdims=True))
     return dict(estimate=logmeanexp(logw, 1), ess=w.sum(1) ** 2 / (w * w).sum(1), logw_std=logw.std(1))
-
-
-def finished_rows(out, stage, settings):
-    """The rows stage `stage` of `out` already holds ({} if none), provided it was made with
-    the same settings; a stage made with other settings is an error."""
-    prev = io.load_results(out, stage)
-    if prev is None:
-        return {}
-    arrays, attrs = prev
-    key = json.dumps(settings, sort_keys=True)
-    if attrs.get("settings") != key:
-        old = json.loads(attrs.get("settings", "{}"))
-        diff = ", ".join(f"{k} {old.get(k)!r} != {v!r}" for k, v in settings.items() if old.get(k) != v)
-        raise CheckpointError(f"{out} already holds a {stage!r} stage made with other settings "
-                              f"({diff or 'unknown'}): use a new --out, or the same settings to resume")
-    return arrays
-
-
-def resume_blocks(out, stage, settings, n, block, compute, done=None, max_blocks=None):
-    """Run compute(start, stop) -> dict of per-datapoint arrays over datapoints [0, n) in
-    blocks, saving every finished row to stage `stage` of `out` after each block, starting
-    after the rows `done` already holds (see finished_rows). max_blocks stops early (tests).
-    Returns the arrays of the first n rows (fewer when stopped early).
-    """
-    key = json.dumps(settings, sort_keys=True)
-    done = finished_rows(out, stage, settings) if done is None else done
-    start = len(done["index"]) if done else 0
-    for j, lo in enumerate(range(start, n, block)):
-        if max_blocks is not None and j >= max_blocks:
-            break
-        hi = min(lo + block, n)
-        rows = {k: to_numpy(v) for k, v in compute(lo, hi).items()}
-        rows["index"] = np.arange(lo, hi)
-        done = {k: np.concatenate([done[k], rows[k]]) for k in rows} if done else rows
-        io.save_results(out, stage, done, dict(settings, settings=key, n=len(done["index"])))
-    return {k: v[:n] for k, v in done.items()}

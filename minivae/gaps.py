@@ -18,7 +18,7 @@ import math
 import click
 import numpy as np
 
-from . import io
+from . import io, outputs
 from .errors import MinivaeError
 from .posteriors import get_family
 
@@ -102,20 +102,22 @@ def format_rows(rows, fmt="table", trained_q="ffg", meta=None):
 
 
 def collect(params, cfg, x, out, k=5000, chunk=10000, ais_settings=None, ais_block=10,
-            qstar=("ffg", "flow"), localopt_settings=None, seed=0, meta=None, progress=True):
+            qstar=("ffg", "flow"), localopt_settings=None, seed=0, meta=None, progress=True, runner=None):
     """Run, or reuse from results file `out`, every bound of the gap table for the rows of x:
     returns gap_table's input {elbo, iwae, ais (absent if ais_settings is None), qstar_<q>}."""
     from . import ais, iwae, localopt
     r = {}
-    r["elbo"], r["iwae"] = iwae.stage(params, cfg, x, out, k, seed, chunk, meta, progress)
-    if ais_settings is not None:
-        r["ais"] = ais.run(params, cfg, x, out, ais_settings, seed, ais_block, meta, progress)["estimate"]
-    families = ("ffg", "flow", "fullcov")
-    base = {k: v for k, v in (localopt_settings or {}).items() if k not in families}
-    for q in qstar:
-        # per-family overrides, e.g. {"flow": {"samples": 20}}: the flow's q* costs far more
-        s = {**base, **(localopt_settings or {}).get(q, {}), "seed": seed}
-        r[f"qstar_{q}"] = localopt.run(params, cfg, x, q, out, s, meta, progress)["elbo"]
+    with outputs.claim(out, io.RESULTS_KIND):          # one writer for all the stages
+        r["elbo"], r["iwae"] = iwae.stage(params, cfg, x, out, k, seed, chunk, meta, progress, runner=runner)
+        if ais_settings is not None:
+            r["ais"] = ais.run(params, cfg, x, out, ais_settings, seed, ais_block, meta, progress,
+                               runner=runner)["estimate"]
+        families = ("ffg", "flow", "fullcov")
+        base = {k: v for k, v in (localopt_settings or {}).items() if k not in families}
+        for q in qstar:
+            # per-family overrides, e.g. {"flow": {"samples": 20}}: the flow's q* costs far more
+            s = {**base, **(localopt_settings or {}).get(q, {}), "seed": seed}
+            r[f"qstar_{q}"] = localopt.run(params, cfg, x, q, out, s, meta, progress, runner=runner)["elbo"]
     return r
 
 

@@ -13,11 +13,10 @@ import time
 import click
 import numpy as np
 
-from . import evaluate, model
+from . import evaluate, model, stages
 from .backend import get_xp, to_numpy
 from .objectives import log_weights
 from .posteriors import get_family
-from .progress import Progress
 
 
 def lse_update(m, s, a):
@@ -29,7 +28,7 @@ def lse_update(m, s, a):
     return m_new, s
 
 
-def bounds(params, cfg, x, index, k, seed=0, chunk=10000, progress=None):
+def bounds(params, cfg, x, index, k, seed=0, chunk=10000):
     """Per-datapoint (L_VAE (B,), L_IWAE (B,)) in float64 for x: (B, D) with split indices index."""
     family = get_family(cfg)
     B, E = len(x), family.noise_dim
@@ -40,7 +39,7 @@ def bounds(params, cfg, x, index, k, seed=0, chunk=10000, progress=None):
         rows = slice(lo, min(lo + bc, B))
         xb = x[rows]
         h, _ = model.encode(params, cfg, xb)                        # (b, P)
-        rngs = [np.random.default_rng([seed, int(i)]) for i in index[rows]]
+        rngs = stages.streams(seed, index[rows])
         m, s, total = np.full(len(rngs), -np.inf), np.zeros(len(rngs)), np.zeros(len(rngs))
         for j in range(0, k, kc):
             kk = min(kc, k - j)
@@ -51,36 +50,28 @@ def bounds(params, cfg, x, index, k, seed=0, chunk=10000, progress=None):
             m, s = lse_update(m, s, lw)
         elbo[rows] = total / k
         iwae[rows] = m + np.log(s) - math.log(k)
-        if progress is not None:
-            progress.update(len(rngs), iwae=float(iwae[:rows.stop].mean()))
     return elbo, iwae
 
 
+def compute(index, params, cfg, x, k, seed, chunk, progress=None):
+    """The stage's block function (see stages.run): bounds of the datapoints `index` of x."""
+    elbo, iw = bounds(params, cfg, x[index], index, k, seed, chunk)
+    return dict(elbo=elbo, iwae=iw)
+
+
 def stage(params, cfg, x, out, k=5000, seed=0, chunk=10000, meta=None, progress=True, block=None,
-          max_blocks=None):
+          runner=None):
     """Stage "iwae" of results file `out`: per-datapoint L_VAE[q] and L_IWAE[q] for the rows of
-    x, saved after every block of datapoints. A rerun with the same settings resumes after the
-    last saved block, or reuses the stage outright when it already holds these rows: datapoint
-    i's noise depends on i only, so where a run stopped does not change a number.
+    x, saved after every block of datapoints; a rerun resumes (stages.run).
     Returns (elbo, iwae), float64 (N,)."""
     meta = dict(meta or {})
     settings = dict(k=k, seed=seed, split=meta.get("split", ""), q=cfg.q, dtype=cfg.dtype,
                     dataset=meta.get("dataset", cfg.dataset), checkpoint=meta.get("checkpoint", ""))
-    n = len(x)
     per_call = max(1, chunk // min(k, chunk))
     block = block or per_call * -(-BLOCK_DATAPOINTS // per_call)      # whole decoder calls
-    done = evaluate.finished_rows(out, "iwae", settings)
-    todo = max(n - (len(done["index"]) if done else 0), 0)
-    bar = Progress(todo, "iwae datapoints", enabled=progress)
-
-    def compute(lo, hi):
-        elbo, iw = bounds(params, cfg, x[lo:hi], np.arange(lo, hi), k, seed, chunk, bar)
-        return dict(elbo=elbo, iwae=iw)
-
-    try:
-        r = evaluate.resume_blocks(out, "iwae", settings, n, block, compute, done, max_blocks)
-    finally:
-        bar.close()
+    shared = dict(params=params, cfg=cfg, x=x, k=k, seed=seed, chunk=chunk)
+    r = stages.run(out, "iwae", settings, len(x), block, compute, shared,
+                   finite=("elbo", "iwae"), progress=progress, runner=runner)
     return r["elbo"], r["iwae"]
 
 

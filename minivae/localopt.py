@@ -10,13 +10,12 @@ and its parameters are never written again. Blocks are saved as they finish, so 
 """
 import numpy as np
 
-from . import fastpath, io
-from .backend import get_xp, normal, to_numpy
+from . import fastpath, stages
+from .backend import get_xp, to_numpy
 from .errors import MinivaeError
 from .objectives import log_weights
 from .optim import batched_adam_init, batched_adam_step
 from .posteriors import get_family
-from .progress import Progress
 
 DEFAULTS = dict(init="prior", max_steps=20000, samples=100, lr=1e-3, check_every=100, patience=10,
                 final_samples=5000, block=100, seed=0)
@@ -26,7 +25,7 @@ def _take(d, sel):
     return {k: v[sel] for k, v in d.items()}
 
 
-def fit_local(params, cfg, family, x, rng, max_steps=20000, samples=100, lr=1e-3,
+def fit_local(params, cfg, family, x, rngs, max_steps=20000, samples=100, lr=1e-3,
               check_every=100, patience=10, on_check=None, h0=None, impl="auto"):
     """Maximise each row's ELBO over its own q: x (N, D) -> dict(local params (N, ...) under
     "h" and the family's `q.*` keys, steps (N,), converged (N,), trace (N, max_steps // check_every)
@@ -34,11 +33,14 @@ def fit_local(params, cfg, family, x, rng, max_steps=20000, samples=100, lr=1e-3
     h0: starting h (N, P) instead of the family's N(0, I) (see `encoder_init`).
     impl="auto": the fused paths where they apply (fastpath.QStarFFG for an FFG with an
     ELU/Bernoulli decoder, the dz-only decoder for other families, the Adam kernel); "ref":
-    objectives.log_weights and NumPy Adam throughout. Same numbers up to float rounding."""
+    objectives.log_weights and NumPy Adam throughout. Same numbers up to float rounding.
+    rngs: one Generator per row (stages.streams), so a row's numbers do not depend on the
+    others; or one Generator, split into one per row."""
     xp = get_xp(x)
     n = x.shape[0]
+    rngs = per_row(rngs, n)
     n_checks = max_steps // check_every
-    h, nets = family.init_local(rng, n, x.dtype, xp)
+    h, nets = init_rows(family, rngs, x.dtype, xp)
     if h0 is not None:
         h = h0.astype(x.dtype, copy=True)
     local = {"h": h, **nets}
@@ -54,7 +56,7 @@ def fit_local(params, cfg, family, x, rng, max_steps=20000, samples=100, lr=1e-3
     gradient = ((impl != "ref" and _fast_gradient(params, cfg, family, x, samples))
                 or _gradient(params, cfg, family, impl))
     for step in range(1, n_checks * check_every + 1):
-        eps = normal(rng, (len(rows), samples, family.noise_dim), xa)
+        eps = normal_rows([rngs[i] for i in rows], (samples, family.noise_dim), xa)
         grads, logw = gradient(work, xa, eps)
         batched_adam_step(work, grads, adam, lr, on, impl=impl)
         window[:, (step - 1) % check_every] = logw.mean(1)
@@ -82,6 +84,24 @@ def fit_local(params, cfg, family, x, rng, max_steps=20000, samples=100, lr=1e-3
         if not len(rows):
             break
     return dict(local=local, steps=steps, converged=converged, trace=trace)
+
+
+def per_row(rngs, n):
+    """One Generator per row: rngs itself if it is a sequence, else rngs.spawn(n)."""
+    return list(rngs) if isinstance(rngs, (list, tuple)) else rngs.spawn(n)
+
+
+def init_rows(family, rngs, dtype, xp):
+    """The family's q* initialisation, row i drawn from rngs[i]: (h (N, P), nets (N, ...))."""
+    parts = [family.init_local(r, 1, dtype, xp) for r in rngs]
+    h = xp.concatenate([p[0] for p in parts])
+    return h, {k: xp.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
+
+
+def normal_rows(rngs, shape, like):
+    """Standard normals (N, *shape) on like's device and dtype, row i from rngs[i]."""
+    xp = get_xp(like)
+    return xp.asarray(np.stack([r.standard_normal(shape, dtype=like.dtype) for r in rngs]))
 
 
 def _gradient(params, cfg, family, impl):
@@ -122,16 +142,17 @@ def encoder_init(params, cfg, q, x):
     return encode(params, cfg, x)[0][:, :2 * cfg.latent]
 
 
-def local_elbo(params, cfg, family, x, local, rng, samples=5000, budget=2 ** 22):
-    """L_VAE[q*] per row with `samples` samples, in chunks of about `budget` decoder outputs:
+def local_elbo(params, cfg, family, x, local, rngs, samples=5000, chunk=100):
+    """L_VAE[q*] per row with `samples` samples drawn `chunk` at a time from the row's own
+    generator (a fixed chunk, so the float64 sums do not depend on the rows beside it):
     (mean (N,), its Monte Carlo standard error (N,)), float64."""
     xp = get_xp(x)
     n = x.shape[0]
-    chunk = max(1, min(samples, budget // max(1, n * x.shape[1])))
+    rngs = per_row(rngs, n)
     p = {**params, **local}
     s1, s2 = xp.zeros(n), xp.zeros(n)
     for start in range(0, samples, chunk):
-        eps = normal(rng, (n, min(chunk, samples - start), family.noise_dim), x)
+        eps = normal_rows(rngs, (min(chunk, samples - start), family.noise_dim), x)
         logw = log_weights(p, cfg, family, x, local["h"], eps)[0].astype(xp.float64)
         s1 += logw.sum(1)
         s2 += (logw * logw).sum(1)
@@ -140,27 +161,8 @@ def local_elbo(params, cfg, family, x, local, rng, samples=5000, budget=2 ** 22)
     return to_numpy(mean), to_numpy(xp.sqrt(var))
 
 
-def _plain(v):
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def check_settings(out, stage, prev_attrs, attrs):
-    """A clear error when a stage in `out` was made with other settings than `attrs`. A setting
-    the stage does not record (written before it existed) counts as its default."""
-    def old(k):
-        return _plain(prev_attrs[k]) if k in prev_attrs else DEFAULTS.get(k)
-
-    diff = [f"{k}: {old(k)!r} there vs {v!r} now" for k, v in attrs.items() if old(k) != v]
-    if diff:
-        raise MinivaeError(f"{out} already holds stage {stage} made with other settings "
-                           f"({'; '.join(diff)}): pass the same settings to resume, or another --out")
-
-
-def run(params, cfg, x, q, out, settings=None, meta=None, progress=True, stop_after=None):
-    """Fit q* of family `q` on every row of x (N, D) block by block, saving stage
-    `localopt_{q}` of results file `out` after each block and resuming after the last saved
-    one. Returns the stage's arrays. stop_after: end after this many new blocks (tests)."""
-    s = {**DEFAULTS, **(settings or {})}
+def check_settings(s):
+    """One line for settings that cannot work (the CLI's types catch them earlier)."""
     for name in ("max_steps", "samples", "check_every", "patience", "final_samples", "block"):
         if s[name] < 1:
             raise MinivaeError(f"--{name.replace('_', '-')} must be at least 1 (got {s[name]})")
@@ -169,40 +171,38 @@ def run(params, cfg, x, q, out, settings=None, meta=None, progress=True, stop_af
     if s["max_steps"] < s["check_every"]:
         raise MinivaeError(f"--max-steps ({s['max_steps']}) must be at least --check-every "
                            f"({s['check_every']})")
+
+
+def compute(index, params, cfg, x, q, s, progress=None):
+    """The stage's block function (see stages.run): fit q* of family q on datapoints `index`
+    and estimate L_VAE[q*]. Datapoint i's noise (its init, every step, the final estimate)
+    comes from default_rng([seed, i]) alone."""
     family = get_family(cfg.replace(q=q))
     xp = get_xp(next(iter(params.values())))
-    n, stage = len(x), f"localopt_{q}"
-    attrs = dict(q=q, n=n, dtype=cfg.dtype, **s, **(meta or {}))
-    n_blocks = -(-n // s["block"])
-    prev = io.load_results(out, stage)
-    if prev is not None:
-        check_settings(out, stage, prev[1], attrs)
-        arrays, done = prev[0], int(prev[1]["blocks_done"])
-    else:
-        arrays = dict(elbo=np.full(n, np.nan), elbo_se=np.full(n, np.nan),
-                      steps=np.zeros(n, np.int64), converged=np.zeros(n, bool),
-                      trace=np.full((n, s["max_steps"] // s["check_every"]), np.nan))
-        done = 0
-    bar = Progress(n - min(n, done * s["block"]), f"localopt {q}", enabled=progress)
-    for b in range(done, n_blocks if stop_after is None else min(n_blocks, done + stop_after)):
-        rng = np.random.default_rng([s["seed"], b])
-        lo, hi = b * s["block"], min(n, (b + 1) * s["block"])
-        xb = xp.asarray(x[lo:hi], dtype=np.dtype(cfg.dtype))
+    xb = xp.asarray(x[index], dtype=np.dtype(cfg.dtype))
+    rngs = stages.streams(s["seed"], index)
 
-        def report(step, rows, local):
-            bar.update(0, block=f"{b + 1}/{n_blocks}", step=step, running=len(rows))
+    def report(step, rows, local):
+        if progress is not None:
+            progress.update(0, step=step, running=len(rows))
 
-        h0 = encoder_init(params, cfg, q, xb) if s["init"] == "encoder" else None
-        fit = fit_local(params, cfg, family, xb, rng, s["max_steps"], s["samples"], s["lr"],
-                        s["check_every"], s["patience"], on_check=report, h0=h0)
-        elbo, se = local_elbo(params, cfg, family, xb, fit["local"], rng, s["final_samples"])
-        arrays["elbo"][lo:hi], arrays["elbo_se"][lo:hi] = elbo, se
-        for k in ("steps", "converged", "trace"):
-            arrays[k][lo:hi] = fit[k]
-        io.save_results(out, stage, arrays, {**attrs, "blocks_done": b + 1})
-        bar.update(hi - lo, block=f"{b + 1}/{n_blocks}", running=0)
-    bar.close()
-    return arrays
+    h0 = encoder_init(params, cfg, q, xb) if s["init"] == "encoder" else None
+    fit = fit_local(params, cfg, family, xb, rngs, s["max_steps"], s["samples"], s["lr"],
+                    s["check_every"], s["patience"], on_check=report, h0=h0)
+    elbo, se = local_elbo(params, cfg, family, xb, fit["local"], rngs, s["final_samples"])
+    return dict(elbo=elbo, elbo_se=se, steps=fit["steps"], converged=fit["converged"], trace=fit["trace"])
+
+
+def run(params, cfg, x, q, out, settings=None, meta=None, progress=True, runner=None):
+    """Fit q* of family `q` on every row of x (N, D), saving stage `localopt_{q}` of results
+    file `out` after each block; a rerun resumes (stages.run). Returns the stage's arrays."""
+    s = {**DEFAULTS, **(settings or {})}
+    check_settings(s)
+    get_family(cfg.replace(q=q))
+    settings = dict(q=q, dtype=cfg.dtype, **{k: v for k, v in s.items() if k != "block"}, **(meta or {}))
+    shared = dict(params=params, cfg=cfg, x=x, q=q, s=s)
+    return stages.run(out, f"localopt_{q}", settings, len(x), s["block"], compute, shared,
+                      finite=("elbo",), progress=progress, runner=runner, what=f"localopt {q} datapoints")
 
 
 def settings_from_options(opts):
@@ -217,7 +217,7 @@ def run_from_cli(opts):
     x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
     meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)
     e = run(params, cfg, x, opts["q"], opts["out"], settings_from_options(opts), meta)
-    se = e["elbo"].std(ddof=1) / np.sqrt(len(e["elbo"])) if len(e["elbo"]) > 1 else float("nan")
-    print(f"localopt {opts['q']}: n={len(e['elbo'])}  mean L_VAE[q*_{opts['q']}]={e['elbo'].mean():.4f} "
-          f"+- {se:.4f}  converged {int(e['converged'].sum())}/{len(e['elbo'])}, median "
+    se = f" +- {e['elbo'].std(ddof=1) / np.sqrt(len(e['elbo'])):.4f}" if len(e["elbo"]) > 1 else ""
+    print(f"localopt {opts['q']}: n={len(e['elbo'])}  mean L_VAE[q*_{opts['q']}]={e['elbo'].mean():.4f}"
+          f"{se}  converged {int(e['converged'].sum())}/{len(e['elbo'])}, median "
           f"{int(np.median(e['steps']))} steps -> {opts['out']} [localopt_{opts['q']}]")

@@ -9,7 +9,7 @@ Weights may also carry a leading batch axis, one net per datapoint (`W: (N, in, 
 """
 import numpy as np
 
-from .backend import get_xp
+from .backend import get_xp, matmul
 
 
 def add_grads(total, new):
@@ -29,11 +29,11 @@ def linear(params, prefix, x, need_dx=True, need_grads=True):
     need_grads=False: backward returns no parameter gradients (a fixed decoder, as in q*).
     """
     W, b = params[prefix + ".W"], params[prefix + ".b"]
-    y = x @ W
+    y = matmul(x, W)
     y += b
 
     def backward(dy):
-        dx = dy @ W.swapaxes(-1, -2) if need_dx else None
+        dx = matmul(dy, W.swapaxes(-1, -2)) if need_dx else None
         if not need_grads:
             return dx, {}
         if W.ndim == 2:

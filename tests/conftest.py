@@ -75,3 +75,16 @@ def cifar(tmp_path, monkeypatch):
     batches = {name: cifar_batch(i) for i, name in enumerate(CIFAR_NAMES)}
     write_cifar_tar(tmp_path / data.CIFAR_TAR, batches)
     return {name: b[b"data"] for name, b in batches.items()}
+
+
+def interrupt_after(m):
+    """A stages runner that saves m blocks, then raises KeyboardInterrupt as Ctrl-C would
+    while the next block is computing."""
+    from minivae import stages
+
+    def runner(fn, shared, work, progress):
+        for j, done in enumerate(stages.in_process(fn, shared, work, progress)):
+            if j == m:
+                raise KeyboardInterrupt
+            yield done
+    return runner

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 import cli
-from minivae import ais, evaluate, hmc, io, lingauss, model
+from minivae import ais, evaluate, hmc, io, lingauss, model, stages
 from minivae.config import Config
 from minivae.densities import softplus
 from minivae.errors import CheckpointError, MinivaeError
-from conftest import run_cli
+from conftest import interrupt_after, run_cli
 
 
 def quadratic_target(A):
@@ -194,7 +194,7 @@ def test_ais_counts_nan_rejects_and_keeps_finite_weights():
         far = z[:, 0] > 1.0
         return (None if ll is None else np.where(far, np.nan, ll)), np.where(far[:, None], np.nan, g)
 
-    rngs = ais.streams(0, range(3), 0)
+    rngs = stages.streams(0, range(3), 0)
     z0 = np.concatenate([r.standard_normal((10, 2)) * 0.3 for r in rngs])
     logw, info = ais.anneal(target, z0, ais.schedule(30), rngs, ais.Settings(chains=10, step0=0.5),
                             np.full(30, 0.5))
@@ -218,8 +218,9 @@ def test_an_interrupted_run_resumes_to_identical_numbers(tmp_path, monkeypatch):
     cfg, params, x = lingauss.make(n=8)
     full = ais.run(params, cfg, x, tmp_path / "full.h5", FAST, block=2, progress=False)
     out = tmp_path / "part.h5"
-    part = ais.run(params, cfg, x, out, FAST, block=2, progress=False, max_blocks=2)
-    assert len(part["index"]) == 4 and io.load_results(out, "ais")[1]["n"] == 4
+    with pytest.raises(KeyboardInterrupt):
+        ais.run(params, cfg, x, out, FAST, block=2, progress=False, runner=interrupt_after(2))
+    assert io.load_results(out, "ais")[1]["n"] == 4
     calls = []
     orig = ais.forward
     monkeypatch.setattr(ais, "forward", lambda *a, **k: calls.append(a[3]) or orig(*a, **k))
@@ -227,7 +228,7 @@ def test_an_interrupted_run_resumes_to_identical_numbers(tmp_path, monkeypatch):
     assert [list(c) for c in calls] == [[4, 5], [6, 7]]                  # only the missing blocks
     for k in full:
         np.testing.assert_array_equal(again[k], full[k])
-    with pytest.raises(CheckpointError, match="new --out"):
+    with pytest.raises(CheckpointError, match="another --out"):
         ais.run(params, cfg, x, out, ais.Settings(chains=5, steps=13, leapfrog=3), block=2, progress=False)
 
 
@@ -253,7 +254,7 @@ def test_cli_ais_runs_saves_and_resumes(tiny_ckpt, tmp_path):
     code, text2 = run_cli(args)                                         # all done: same numbers
     assert code == 0 and text2.split("(")[0] == text.split("(")[0]
     code, text = run_cli(args[:-2] + ["--steps", "7", "--out", out])
-    assert code != 0 and "new --out" in text and len(text.strip().splitlines()) == 1
+    assert code != 0 and "another --out" in text and len(text.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from minivae import ais, bdmc, hmc, lingauss, model
+from minivae import ais, bdmc, hmc, lingauss, model, stages
 from minivae.config import Config
 
 from test_ais import grid_log_px
@@ -158,7 +158,7 @@ def test_bdmc_fused_equals_reference():
 def test_fused_anneal_leaves_the_callers_arrays_alone():
     cfg, params, x = elu_model(1)
     target = ais.likelihood_target(params, cfg, x, 4)
-    rngs = ais.streams(0, range(5), 0)
+    rngs = stages.streams(0, range(5), 0)
     z0, step0 = np.random.default_rng(0).standard_normal((20, 2)), np.full(20, 0.1)
     z_copy = z0.copy()
     ais.anneal(target, z0, ais.schedule(10), rngs, ais.Settings(chains=4), step0)
