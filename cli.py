@@ -113,6 +113,17 @@ def train(**opts):
     training.run_from_cli(opts)
 
 
+def where_to_run(f):
+    """--workers, --scheduler: every per-datapoint command can run its blocks on Dask."""
+    f = click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="run blocks on an existing Dask cluster (tcp://host:8786); workers need minivae "
+                          "and the checkpoint's contents are sent to them")(f)
+    f = click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="run blocks on a local Dask cluster of N single-threaded processes "
+                          "[default: in this process]")(f)
+    return f
+
+
 def localopt_options(f):
     """The settings of local q* fitting (paper 6.4), shared by `localopt` and `gaps`."""
     for opt in reversed([
@@ -132,6 +143,7 @@ def localopt_options(f):
 
 @main.command()
 @click.argument("ckpt", type=str)
+@where_to_run
 @click.option("--q", "q", type=click.Choice(["ffg", "flow", "fullcov"]), default="ffg",
               help="family of the local q*")
 @click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
@@ -188,6 +200,7 @@ def ais_options(f):
 
 @main.command()
 @click.argument("ckpt", type=str)
+@where_to_run
 @click.option("--k", type=int, default=5000, help="samples of q per datapoint")
 @click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
@@ -207,6 +220,7 @@ def iwae(**opts):
 
 @main.command()
 @click.argument("ckpt", type=str)
+@where_to_run
 @click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
@@ -223,6 +237,7 @@ def ais(**opts):
 
 @main.command()
 @click.argument("ckpt", type=str)
+@where_to_run
 @click.option("--n", type=int, default=100, help="datapoints simulated from the model")
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
               help="results file (stage bdmc); a rerun resumes after its last finished block")
@@ -237,6 +252,7 @@ def bdmc(**opts):
 
 @main.command()
 @click.argument("ckpt", type=str)
+@where_to_run
 @click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5",

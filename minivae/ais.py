@@ -281,7 +281,8 @@ def run_from_cli(opts):
     meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"],
                 dataset=cfg.dataset)
     t0 = time.perf_counter()
-    r = run(params, cfg, x, opts["out"], s, opts["seed"], opts["block"], meta)
+    with stages.executor(opts["workers"], opts["scheduler"]) as runner:
+        r = run(params, cfg, x, opts["out"], s, opts["seed"], opts["block"], meta, runner=runner)
     click.echo(f"ais: n={len(r['estimate'])} chains={s.chains} steps={s.steps} leapfrog={s.leapfrog}  "
                f"mean log p(x) >= {r['estimate'].mean():.4f}  accept={r['accept'].mean():.3f}  "
                f"min ESS={r['ess'].min():.1f}  NaN rejects={int(r['nan'].sum())}  "

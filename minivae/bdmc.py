@@ -100,7 +100,8 @@ def run_from_cli(opts):
     params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
     meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]))
     t0 = time.perf_counter()
-    r = run(params, cfg, opts["n"], opts["out"], s, opts["seed"], opts["block"], meta)
+    with stages.executor(opts["workers"], opts["scheduler"]) as runner:
+        r = run(params, cfg, opts["n"], opts["out"], s, opts["seed"], opts["block"], meta, runner=runner)
     click.echo(f"bdmc: n={len(r['lower'])} chains={s.chains} steps={s.steps} leapfrog={s.leapfrog}  "
                f"mean lower={r['lower'].mean():.4f}  mean upper={r['upper'].mean():.4f}  "
                f"mean width={r['width'].mean():.4f}  max width={r['width'].max():.4f}  "

@@ -18,7 +18,7 @@ import math
 import click
 import numpy as np
 
-from . import io, outputs
+from . import io, outputs, stages
 from .errors import MinivaeError
 from .posteriors import get_family
 
@@ -140,8 +140,9 @@ def run_from_cli(opts):
     x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
     meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)
     lo = localopt.settings_from_options({**opts, "block": opts["localopt_block"]})
-    results = collect(params, cfg, x, opts["out"], opts["k"], chunk, s, opts["block"],
-                      qstar, lo, opts["seed"], meta, progress=True)
+    with stages.executor(opts["workers"], opts["scheduler"]) as runner:
+        results = collect(params, cfg, x, opts["out"], opts["k"], chunk, s, opts["block"],
+                          qstar, lo, opts["seed"], meta, progress=True, runner=runner)
     rows = gap_table(results, cfg.q)
     print(format_rows(rows, opts["format"], cfg.q, dict(split=opts["split"], dataset=cfg.dataset)))
     for q in qstar:                              # on stderr: stdout stays parseable

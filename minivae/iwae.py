@@ -87,6 +87,7 @@ def run_from_cli(opts):
     x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
     meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)
     t0 = time.perf_counter()
-    elbo, iwae = stage(params, cfg, x, opts["out"], opts["k"], opts["seed"], chunk, meta)
+    with stages.executor(opts["workers"], opts["scheduler"]) as runner:
+        elbo, iwae = stage(params, cfg, x, opts["out"], opts["k"], opts["seed"], chunk, meta, runner=runner)
     click.echo(f"iwae: n={len(x)} k={opts['k']}  mean L_VAE[q]={elbo.mean():.4f}  "
                f"mean L_IWAE[q]={iwae.mean():.4f}  ({time.perf_counter() - t0:.1f}s) -> {opts['out']} [iwae]")

@@ -216,7 +216,8 @@ def run_from_cli(opts):
     get_family(cfg.replace(q=opts["q"]))  # fail early on an unsupported family
     x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
     meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)
-    e = run(params, cfg, x, opts["q"], opts["out"], settings_from_options(opts), meta)
+    with stages.executor(opts["workers"], opts["scheduler"]) as runner:
+        e = run(params, cfg, x, opts["q"], opts["out"], settings_from_options(opts), meta, runner=runner)
     se = f" +- {e['elbo'].std(ddof=1) / np.sqrt(len(e['elbo'])):.4f}" if len(e["elbo"]) > 1 else ""
     print(f"localopt {opts['q']}: n={len(e['elbo'])}  mean L_VAE[q*_{opts['q']}]={e['elbo'].mean():.4f}"
           f"{se}  converged {int(e['converged'].sum())}/{len(e['elbo'])}, median "

@@ -14,6 +14,7 @@ A block function `fn(index, progress=None, **shared) -> {name: (len(index), ...)
 draw datapoint i's noise from its own generator, `streams(seed, index, ...)`, so the numbers
 depend on neither `--block`, `--n`, resuming, nor where the block ran.
 """
+import contextlib
 import json
 import time
 
@@ -60,6 +61,19 @@ def in_process(fn, shared, work, progress=None):
     """The default runner: the blocks one after another in this process."""
     for index in work:
         yield index, fn(index, progress=progress, **shared)
+
+
+@contextlib.contextmanager
+def executor(workers=None, scheduler=None, quiet=False):
+    """The runner for stages.run: None (in process) when neither is given, else Dask tasks on a
+    LocalCluster of `workers` processes or the cluster at `scheduler` (minivae.cluster). Dask is
+    imported only here, so the in-process path loads nothing of it."""
+    if workers is None and scheduler is None:
+        yield None
+        return
+    from . import cluster
+    with cluster.connect(workers, scheduler, quiet) as client:
+        yield cluster.runner(client)
 
 
 def _check_finite(out, stage, index, rows, finite, saved):

@@ -1,0 +1,83 @@
+"""Blocks as Dask tasks: the stage engine's runner for `--workers N` and `--scheduler ADDRESS`.
+
+The driver stays the only writer of the results file: workers compute blocks and return
+arrays; stages.run saves each block as its task finishes, in any order. What every block
+needs (parameters, data, settings) is scattered to the workers once per stage, not sent with
+each task. A worker that dies mid-task is replaced and Dask reruns its block; since datapoint
+i's noise comes from default_rng([seed, i, ...]) alone, the rerun gives the same numbers.
+Only this module imports Dask, and only `--workers`/`--scheduler` import this module.
+"""
+import contextlib
+import os
+import sys
+
+from dask.distributed import Client, LocalCluster, as_completed
+
+from .errors import MinivaeError
+
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _single_threaded_children():
+    """Worker processes inherit the environment: one BLAS/Numba thread each."""
+    old = {k: os.environ.get(k) for k in THREAD_VARS}
+    os.environ.update({k: "1" for k in THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def connect(workers=None, scheduler=None, quiet=False):
+    """A Client: to a LocalCluster of `workers` single-threaded processes, or to the scheduler
+    at `scheduler`. Prints the dashboard link where there is one."""
+    if workers is not None and scheduler is not None:
+        raise MinivaeError("--workers and --scheduler exclude each other: pass one")
+    cluster = None
+    try:
+        if scheduler is not None:
+            client = Client(scheduler, timeout="20s")
+        else:
+            with _single_threaded_children():
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None if quiet else ":0")
+            client = Client(cluster)
+    except (OSError, TimeoutError) as e:
+        raise MinivaeError(f"cannot reach the Dask scheduler {scheduler or '(local)'}: {e}") from None
+    try:
+        n = len(client.scheduler_info().get("workers", {}))
+        dashboard = "dashboard" in client.scheduler_info().get("services", {})
+        if not quiet:
+            print(f"dask: {n} workers" + (f", dashboard {client.dashboard_link}" if dashboard else ""),
+                  file=sys.stderr)
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _run(fn, index, shared):
+    return fn(index, progress=None, **shared)
+
+
+def runner(client):
+    """A stages.run runner that sends each block to the cluster as one task and yields the
+    blocks as they finish; an interrupt cancels what is still queued."""
+    def run_blocks(fn, shared, work, progress):
+        if not work:
+            return
+        data = client.scatter(shared, broadcast=True)                 # once per stage
+        futures = {client.submit(_run, fn, index, data, pure=False): index for index in work}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            client.cancel(list(futures))
+    return run_blocks

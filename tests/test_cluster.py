@@ -1,0 +1,93 @@
+"""Blocks as Dask tasks on a LocalCluster of 2 processes: the same numbers as in process, a killed
+worker changes nothing, the driver stays the only writer."""
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from minivae import ais, io, lingauss, localopt, stages
+
+pytest.importorskip("dask.distributed")
+
+LOCAL = dict(max_steps=200, samples=6, lr=0.02, check_every=20, patience=2, final_samples=60, seed=4)
+AIS = ais.Settings(chains=4, steps=20, leapfrog=3)
+
+
+@pytest.fixture(scope="module")
+def client():
+    from minivae import cluster
+    with cluster.connect(workers=2, quiet=True) as c:
+        yield c
+
+
+def test_ais_and_localopt_on_two_workers_equal_the_serial_run(client, tmp_path):
+    from minivae import cluster
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=9)                   # float64
+    run = cluster.runner(client)
+    a = ais.run(params, cfg, x, tmp_path / "s.h5", AIS, block=2, progress=False)
+    b = ais.run(params, cfg, x, tmp_path / "d.h5", AIS, block=2, progress=False, runner=run)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    s = {**LOCAL, "block": 3}
+    a = localopt.run(params, cfg, x, "ffg", tmp_path / "s.h5", s, progress=False)
+    b = localopt.run(params, cfg, x, "ffg", tmp_path / "d.h5", s, progress=False, runner=run)
+    for k in ("elbo", "elbo_se", "steps", "trace"):
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _kill_a_worker_once(path):
+    """Runs on a worker: the first call (marked by a file) kills its own process mid-task."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_changes_nothing(client, tmp_path):
+    from minivae import cluster
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=6)
+    s = {**LOCAL, "block": 2}
+    serial = localopt.run(params, cfg, x, "ffg", tmp_path / "s.h5", s, progress=False)
+    marker = str(tmp_path / "killed")
+
+    def dying(index, progress=None, **shared):
+        if index[0] == 2:
+            _kill_a_worker_once(marker)
+        return localopt.compute(index, **shared)
+
+    got = stages.run(tmp_path / "d.h5", "localopt_ffg", {"x": 1}, len(x), 2, dying,
+                     dict(params=params, cfg=cfg, x=x, q="ffg", s={**localopt.DEFAULTS, **s}),
+                     progress=False, runner=cluster.runner(client))
+    assert os.path.exists(marker)                                             # a worker did die
+    np.testing.assert_array_equal(got["elbo"], serial["elbo"])
+    np.testing.assert_array_equal(got["index"], np.arange(6))
+
+
+def test_cli_gaps_with_workers_equals_the_serial_run(tiny_ckpt, tmp_path):
+    args = ["gaps", tiny_ckpt, "--n", "4", "--k", "8", "--chains", "2", "--steps", "4", "--leapfrog", "1",
+            "--block", "2", "--localopt-block", "2", "--qstar", "ffg", "--max-steps", "40",
+            "--check-every", "10", "--patience", "1", "--samples", "3", "--final-samples", "10",
+            "--dtype", "float64", "--format", "json"]
+    code, serial = run_cli([*args, "--out", str(tmp_path / "s.h5")])
+    assert code == 0, serial
+    code, dist = run_cli([*args, "--out", str(tmp_path / "d.h5"), "--workers", "2"])
+    assert code == 0, dist
+    for stage in ("iwae", "ais", "localopt_ffg"):
+        a, b = io.load_results(tmp_path / "s.h5", stage)[0], io.load_results(tmp_path / "d.h5", stage)[0]
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{stage}.{k}")
+
+
+def test_the_in_process_path_imports_nothing_of_dask(tiny_ckpt, tmp_path):
+    import subprocess
+    script = ("import sys, cli\n"
+              "try:\n"
+              f"    cli.main(['iwae', {tiny_ckpt!r}, '--n', '2', '--k', '3', '--out', {str(tmp_path / 'r.h5')!r}])\n"
+              "except SystemExit:\n"
+              "    pass\n"
+              "print('DASK' if any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules) else 'CLEAN')")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert res.stdout.strip().endswith("CLEAN"), res.stdout + res.stderr
