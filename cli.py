@@ -1,4 +1,5 @@
 """`minivae`: the command line. It only parses options and calls the library."""
+import math
 import os
 import signal
 import sys
@@ -26,13 +27,40 @@ class Group(click.Group):
             signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
-        except MinivaeError as e:
-            click.echo(f"Error: {e}", err=True)
+        except (MinivaeError, click.BadParameter) as e:
+            # a bad option value, caught while parsing the command's options: one line as well
+            message = e.format_message() if isinstance(e, click.BadParameter) else e
+            click.echo(f"Error: {message}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt as e:
             click.echo("Interrupted: finished blocks are saved; run the same command again to resume.",
                        err=True)
             ctx.exit(143 if isinstance(e, Terminated) else 130)
+
+
+class Real(click.FloatRange):
+    """A finite float in a range. click.FloatRange lets nan through (every comparison with nan
+    is false), and inf where no maximum is set."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        x = super().convert(value, param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return x
+
+
+COUNT = click.IntRange(min=1)                    # sizes, counts, steps: at least one
+NATURAL = click.IntRange(min=0)                  # layers, warm-up epochs, seeds (default_rng's range)
+POSITIVE = Real(min=0, min_open=True)            # learning rates, step sizes
+
+
+def check_localopt(max_steps, check_every):
+    """q* stops at checks every --check-every steps: --max-steps must allow one."""
+    if max_steps < check_every:
+        raise click.BadParameter(f"{max_steps} is less than --check-every ({check_every}): "
+                                 "q* needs at least one check", param_hint="'--max-steps'")
 
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -69,7 +97,7 @@ def common(f):
     """--seed, --device, --dtype: every command takes them."""
     f = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")(f)
     f = click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu")(f)
-    f = click.option("--seed", type=int, default=0, help="same seed, same numbers")(f)
+    f = click.option("--seed", type=NATURAL, default=0, help="same seed, same numbers")(f)
     return f
 
 
@@ -83,29 +111,29 @@ def common(f):
               help="mlp, or conv (paper Table 9, colour images) [default: conv for cifar10, else mlp]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="where datasets live (else $MINIVAE_DATA, else the user cache)")
-@click.option("--latent", type=int, default=None, help="[default: 50; cifar10: 32]")
-@click.option("--enc-hidden", type=int, default=200, help="units per encoder hidden layer")
-@click.option("--enc-layers", type=int, default=2, help="encoder hidden layers")
-@click.option("--dec-hidden", type=int, default=200, help="units per decoder hidden layer")
-@click.option("--dec-layers", type=int, default=2, help="decoder hidden layers (paper Table 5: 0, 2, 4)")
+@click.option("--latent", type=COUNT, default=None, help="[default: 50; cifar10: 32]")
+@click.option("--enc-hidden", type=COUNT, default=200, help="units per encoder hidden layer")
+@click.option("--enc-layers", type=NATURAL, default=2, help="encoder hidden layers")
+@click.option("--dec-hidden", type=COUNT, default=200, help="units per decoder hidden layer")
+@click.option("--dec-layers", type=NATURAL, default=2, help="decoder hidden layers (paper Table 5: 0, 2, 4)")
 @click.option("--act", type=click.Choice(["elu", "tanh"]), default="elu")
-@click.option("--flow-steps", type=int, default=None, help="[default: 2; cifar10: 4]")
+@click.option("--flow-steps", type=COUNT, default=None, help="[default: 2; cifar10: 4]")
 @click.option("--objective", type=click.Choice(["elbo", "iwae"]), default="elbo")
-@click.option("--k", type=int, default=1, help="samples per datapoint in the objective")
-@click.option("--batch", type=int, default=100)
+@click.option("--k", type=COUNT, default=1, help="samples per datapoint in the objective")
+@click.option("--batch", type=COUNT, default=100)
 @click.option("--schedule", type=click.Choice(["burda", "plain"]), default=None,
               help="burda: 3^i epochs at lr 1e-3*10^(-i/7), i=0..7 (3280 epochs); plain: --epochs at --lr "
                    "[default: plain if --epochs is given, else burda]")
-@click.option("--epochs", type=int, default=None, help="epochs of the plain schedule")
-@click.option("--lr", type=float, default=1e-3, help="learning rate of the plain schedule")
-@click.option("--warmup-epochs", type=int, default=None,
+@click.option("--epochs", type=COUNT, default=None, help="epochs of the plain schedule")
+@click.option("--lr", type=POSITIVE, default=1e-3, help="learning rate of the plain schedule")
+@click.option("--warmup-epochs", type=NATURAL, default=None,
               help="entropy annealing epochs [default: 400 with burda, 0 with plain; cifar10: 20]")
 @click.option("--no-warmup", is_flag=True, help="train without entropy annealing (paper Table 6)")
-@click.option("--train-size", type=int, default=None, help="use only the first N training images")
+@click.option("--train-size", type=COUNT, default=None, help="use only the first N training images")
 @click.option("--out", type=click.Path(dir_okay=False), default="model.h5", help="checkpoint to write")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="continue a checkpoint where it stopped (its settings win)")
-@click.option("--save-every", type=int, default=1, help="write the checkpoint every N epochs")
+@click.option("--save-every", type=COUNT, default=1, help="write the checkpoint every N epochs")
 @common
 def train(**opts):
     """Train a VAE (paper defaults: latent 50, 784-200-200-100 encoder, 50-200-200-784 decoder, ELU)."""
@@ -129,13 +157,13 @@ def localopt_options(f):
     for opt in reversed([
         click.option("--init", type=click.Choice(["prior", "encoder"]), default="prior",
                      help="start q* at N(0, I) (the paper) or at the trained encoder's q (faster)"),
-        click.option("--max-steps", type=int, default=20000, help="safety bound on Adam steps per datapoint"),
-        click.option("--samples", type=int, default=100, help="Monte Carlo samples per ELBO step"),
-        click.option("--lr", type=float, default=1e-3, help="Adam learning rate"),
-        click.option("--check-every", type=int, default=100,
+        click.option("--max-steps", type=COUNT, default=20000, help="safety bound on Adam steps per datapoint"),
+        click.option("--samples", type=COUNT, default=100, help="Monte Carlo samples per ELBO step"),
+        click.option("--lr", type=POSITIVE, default=1e-3, help="Adam learning rate"),
+        click.option("--check-every", type=COUNT, default=100,
                      help="compare the mean of the last N ELBOs with the best mean every N steps"),
-        click.option("--patience", type=int, default=10, help="stop after this many checks without improvement"),
-        click.option("--final-samples", type=int, default=5000, help="samples of the final L_VAE[q*]"),
+        click.option("--patience", type=COUNT, default=10, help="stop after this many checks without improvement"),
+        click.option("--final-samples", type=COUNT, default=5000, help="samples of the final L_VAE[q*]"),
     ]):
         f = opt(f)
     return f
@@ -146,25 +174,26 @@ def localopt_options(f):
 @where_to_run
 @click.option("--q", "q", type=click.Choice(["ffg", "flow", "fullcov"]), default="ffg",
               help="family of the local q*")
-@click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
+@click.option("--n", type=COUNT, default=1000, help="the first N datapoints of the split")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
               help="results file (stage localopt_<q>); a rerun resumes after its last finished block")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="where datasets live (else $MINIVAE_DATA, else the user cache)")
-@click.option("--block", type=int, default=100,
+@click.option("--block", type=COUNT, default=100,
               help="datapoints optimised together; results are saved after each block (resume)")
 @localopt_options
 @common
 def localopt(**opts):
     """Fit q* per datapoint (its own ELBO, Adam, paper 6.4) and save L_VAE[q*] (stage localopt_<q>)."""
     from minivae import localopt as local
+    check_localopt(opts["max_steps"], opts["check_every"])
     local.run_from_cli(opts)
 
 
 @main.command()
 @click.argument("ckpt", type=str)
-@click.option("--n", type=int, default=64, help="number of samples (a square-ish grid)")
+@click.option("--n", type=COUNT, default=64, help="number of samples (a square-ish grid)")
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.png", help="PNG to write")
 @common
 def sample(**opts):
@@ -176,10 +205,10 @@ def sample(**opts):
 def ais_options(f):
     """The AIS settings (paper 6.5 defaults), shared by `ais` and `bdmc`."""
     for opt in reversed([
-        click.option("--chains", type=int, default=100, help="AIS chains per datapoint"),
-        click.option("--steps", type=int, default=500,
+        click.option("--chains", type=COUNT, default=100, help="AIS chains per datapoint"),
+        click.option("--steps", type=COUNT, default=500,
                      help="annealing distributions beta_1..beta_T = 1 after the prior (T-1 HMC transitions)"),
-        click.option("--leapfrog", type=int, default=10, help="leapfrog steps per HMC trajectory"),
+        click.option("--leapfrog", type=COUNT, default=10, help="leapfrog steps per HMC trajectory"),
         click.option("--schedule", type=click.Choice(["sigmoid", "linear"]), default="sigmoid",
                      help="beta_t: sigmoid (Grosse et al. 2015, Wu et al. 2017) takes small steps near beta=0, "
                           "where p(x|z)^beta changes the target fastest, and near beta=1; linear: t/T"),
@@ -187,10 +216,10 @@ def ais_options(f):
                      help="per-chain: each chain's step size follows its own acceptance during the run (as Wu "
                           "et al.; cheap, not exactly unbiased); tune-then-freeze: a tuning pass, then a "
                           "fresh pass with its per-transition step sizes frozen (unbiased, twice the cost)"),
-        click.option("--target-accept", type=float, default=0.65,
+        click.option("--target-accept", type=Real(0, 1, min_open=True, max_open=True), default=0.65,
                      help="step sizes move as log s += 0.05 (accepted - target)"),
-        click.option("--step0", type=float, default=0.1, help="first leapfrog step size of every chain"),
-        click.option("--block", type=int, default=10,
+        click.option("--step0", type=POSITIVE, default=0.1, help="first leapfrog step size of every chain"),
+        click.option("--block", type=COUNT, default=10,
                      help="datapoints per block (block x chains rows per decoder call); results are saved "
                           "after each block and a rerun with the same --out resumes"),
     ]):
@@ -201,10 +230,10 @@ def ais_options(f):
 @main.command()
 @click.argument("ckpt", type=str)
 @where_to_run
-@click.option("--k", type=int, default=5000, help="samples of q per datapoint")
-@click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
+@click.option("--k", type=COUNT, default=5000, help="samples of q per datapoint")
+@click.option("--n", type=COUNT, default=1000, help="the first N datapoints of the split")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
-@click.option("--chunk", type=int, default=None,
+@click.option("--chunk", type=COUNT, default=None,
               help="rows (datapoints x samples) per decoder call [default: 10000, conv models 1000]; "
                    "memory stays near chunk x data_dim x 6 values for an MLP decoder (about 190 MB at "
                    "10000 x 784 in float32) whatever --k is")
@@ -221,7 +250,7 @@ def iwae(**opts):
 @main.command()
 @click.argument("ckpt", type=str)
 @where_to_run
-@click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
+@click.option("--n", type=COUNT, default=1000, help="the first N datapoints of the split")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
               help="results file (stage ais); a rerun resumes after its last finished block")
@@ -238,7 +267,7 @@ def ais(**opts):
 @main.command()
 @click.argument("ckpt", type=str)
 @where_to_run
-@click.option("--n", type=int, default=100, help="datapoints simulated from the model")
+@click.option("--n", type=COUNT, default=100, help="datapoints simulated from the model")
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
               help="results file (stage bdmc); a rerun resumes after its last finished block")
 @ais_options
@@ -253,27 +282,28 @@ def bdmc(**opts):
 @main.command()
 @click.argument("ckpt", type=str)
 @where_to_run
-@click.option("--n", type=int, default=1000, help="the first N datapoints of the split")
+@click.option("--n", type=COUNT, default=1000, help="the first N datapoints of the split")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
               help="results file: stages iwae, ais, localopt_<q> are reused from it or run and saved")
 @click.option("--format", "format", type=click.Choice(["table", "markdown", "json", "csv"]), default="table")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="where datasets live (else $MINIVAE_DATA, else the user cache)")
-@click.option("--k", type=int, default=5000, help="L_VAE[q] and L_IWAE[q]: samples of q per datapoint")
-@click.option("--chunk", type=int, default=None,
+@click.option("--k", type=COUNT, default=5000, help="L_VAE[q] and L_IWAE[q]: samples of q per datapoint")
+@click.option("--chunk", type=COUNT, default=None,
               help="L_VAE/L_IWAE: rows (datapoints x samples) per decoder call [default: 10000, conv models 1000]")
 @ais_options
 @click.option("--no-ais", is_flag=True, help="skip AIS: log p^(x) from L_IWAE[q] alone")
 @click.option("--qstar", default="ffg,flow",
               help="families of the local q* to fit (the trained family is always added)")
-@click.option("--localopt-block", type=int, default=100, help="q*: datapoints optimised together")
+@click.option("--localopt-block", type=COUNT, default=100, help="q*: datapoints optimised together")
 @localopt_options
 @common
 def gaps(**opts):
     """The inference-gap table (paper Table 2): log p^(x) = max(IWAE, AIS) per datapoint, L[q*_Flow],
     L[q*_FFG], L[q], approximation, amortization, inference; --block is AIS's block."""
     from minivae import gaps as gap
+    check_localopt(opts["max_steps"], opts["check_every"])
     gap.run_from_cli(opts)
 
 
@@ -286,7 +316,7 @@ def gaps(**opts):
               help="smoke: minutes, tiny; cpu: a few hours on 2 cores; paper: the paper's settings")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="folder for models, results, figures and report.md [default: runs/EXPERIMENT-DATASET-BUDGET]")
-@click.option("--seed", type=int, default=0, help="same seed, same numbers")
+@click.option("--seed", type=NATURAL, default=0, help="same seed, same numbers")
 def reproduce(experiment, dataset, budget, out, seed):
     """Run one of the paper's experiments and write DIR/report.md beside the paper's numbers.
     Reruns reuse finished models and result stages."""

@@ -16,6 +16,7 @@ from . import __version__
 from .backend import to_numpy
 from .config import Config
 from .errors import CheckpointError
+from .validate import validate_checkpoint
 
 CHECKPOINT_KIND = "minivae-checkpoint"
 RESULTS_KIND = "minivae-results"
@@ -81,17 +82,19 @@ def save_checkpoint(path, params, config, epoch=0, adam=None, rng_state=None, cu
 
 
 def load_checkpoint(path, xp=np):
-    """A dict with params, config, epoch, adam (or None), rng_state, curves, version."""
+    """A dict with params, config, epoch, adam (or None), rng_state, curves, version; the
+    tensors checked against the model the config describes (validate_checkpoint)."""
     with _open(path, CHECKPOINT_KIND, "checkpoint") as f:
         try:
             config = Config.from_json(f.attrs["config"])
-            dtype = np.dtype(config.dtype)
-            params = {k: xp.asarray(v.astype(dtype)) for k, v in _read_dict(f["params"]).items()}
+            params = _read_dict(f["params"])
             adam = None
             if "adam" in f:
-                adam = dict(t=int(f.attrs["adam_t"]),
-                            m={k: xp.asarray(v) for k, v in _read_dict(f["adam/m"]).items()},
-                            v={k: xp.asarray(v) for k, v in _read_dict(f["adam/v"]).items()})
+                adam = dict(t=int(f.attrs["adam_t"]), m=_read_dict(f["adam/m"]), v=_read_dict(f["adam/v"]))
+            validate_checkpoint(config, params, adam, where=f"checkpoint {path}")
+            params = {k: xp.asarray(v) for k, v in params.items()}
+            if adam is not None:
+                adam.update({m: {k: xp.asarray(v) for k, v in adam[m].items()} for m in ("m", "v")})
             return dict(params=params, config=config, epoch=int(f.attrs["epoch"]), adam=adam,
                         rng_state=json.loads(f.attrs["rng_state"]) or None,
                         curves=_read_dict(f["curves"]), version=f.attrs["version"])

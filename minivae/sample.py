@@ -10,7 +10,6 @@ import numpy as np
 from . import io, model
 from .backend import device_xp, get_dtype, normal, to_numpy
 from .errors import MinivaeError
-from .validate import validate_params
 
 
 def decoder_means(params, cfg, n, rng):
@@ -67,7 +66,6 @@ def run(ckpt, n=64, out="samples.png", seed=0, device="cpu", dtype="float32", zo
     xp = device_xp(device)
     ck = io.load_checkpoint(ckpt, xp)
     cfg = ck["config"]
-    validate_params(cfg, ck["params"], where=f"checkpoint {ckpt}")
     channels = 3 if cfg.arch == "conv" else 1
     image_side(cfg.data_dim, channels)
     params = {k: v.astype(get_dtype(dtype)) for k, v in ck["params"].items()}

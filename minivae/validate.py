@@ -58,3 +58,35 @@ def validate_params(cfg, params, q=None, where="checkpoint"):
         if got != want[k]:
             raise CheckpointError(f"{where}: {k} has shape {got} but its config (q={cfg.q}, "
                                   f"latent={cfg.latent}) needs {want[k]}: the sizes do not match")
+
+
+def validate_checkpoint(cfg, params, adam=None, where="checkpoint"):
+    """validate_params, then every tensor's dtype (the config's) and values (finite), and the
+    Adam moments when present (the params' keys, shapes and dtype; finite; v >= 0)."""
+    validate_params(cfg, params, where=where)
+    dtype = np.dtype(cfg.dtype)
+    tensors = [("", params)]
+    if adam is not None:
+        tensors += [(f"Adam {m} of ", adam[m]) for m in ("m", "v")]
+    for what, arrays in tensors:
+        for k in params:
+            if k not in arrays:
+                raise CheckpointError(f"{where} lacks {what}{k}: the file is damaged; retrain or "
+                                      "pass another checkpoint")
+        for k in sorted(arrays):
+            if k not in params:
+                raise CheckpointError(f"{where} has {what}{k}, a parameter its model does not have: "
+                                      "the file is damaged")
+            a = arrays[k]
+            if a.shape != params[k].shape:
+                raise CheckpointError(f"{where}: {what}{k} has shape {a.shape} but the parameter has "
+                                      f"{params[k].shape}: the file is damaged")
+            if a.dtype != dtype:
+                raise CheckpointError(f"{where}: {what}{k} has dtype {a.dtype} but its config says "
+                                      f"{dtype}: the file is damaged or was not written by minivae")
+            if not np.isfinite(a).all():
+                raise CheckpointError(f"{where}: {what}{k} holds NaN or inf values (training diverged "
+                                      "or the file is damaged): retrain or pass another checkpoint")
+            if what.startswith("Adam v") and (a < 0).any():
+                raise CheckpointError(f"{where}: {what}{k} holds negative second moments: the file is "
+                                      "damaged")

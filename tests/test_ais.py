@@ -258,10 +258,10 @@ def test_cli_ais_runs_saves_and_resumes(tiny_ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--chains", "0"], "--chains must be positive"),
+    (["--chains", "0"], "Invalid value for '--chains'"),
     (["--n", "20000"], "larger than"),
     (["--target-accept", "1.2"], "--target-accept"),
-    (["--block", "0"], "--block must be positive"),
+    (["--block", "0"], "Invalid value for '--block'"),
 ])
 def test_cli_ais_bad_options_are_one_line(tiny_ckpt, tmp_path, extra, message):
     code, text = run_cli(["ais", tiny_ckpt, "--n", "2", "--out", str(tmp_path / "r.h5")] + extra)

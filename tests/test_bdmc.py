@@ -70,4 +70,4 @@ def test_cli_bdmc(tiny_ckpt, tmp_path):
     np.testing.assert_allclose(arrays["width"], arrays["upper"] - arrays["lower"])
     assert "mean width" in text and attrs["chains"] == 4
     code, text = run_cli(["bdmc", tiny_ckpt, "--n", "3", "--chains", "0", "--out", str(tmp_path / "b.h5")])
-    assert code != 0 and "--chains must be positive" in text and len(text.strip().splitlines()) == 1
+    assert code != 0 and "Invalid value for '--chains'" in text and len(text.strip().splitlines()) == 1

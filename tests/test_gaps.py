@@ -146,7 +146,7 @@ def test_cli_gaps_end_to_end_and_reuse(tiny_checkpoint, tmp_path):
     (["--qstar", "ffg,bogus"], "unknown posterior family 'bogus'"),
     (["--n", 100000], "--n 100000 is larger than"),
     (["--format", "html"], "Invalid value for '--format'"),
-    (["--chains", 0], "--chains must be positive"),
+    (["--chains", 0], "Invalid value for '--chains'"),
 ])
 def test_cli_gaps_bad_input(tiny_checkpoint, tmp_path, args, message):
     res = invoke("gaps", tiny_checkpoint, "--out", tmp_path / "r.h5", *TINY, *args)

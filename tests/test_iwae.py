@@ -142,8 +142,8 @@ def test_stage_resumes_after_its_last_block_with_the_same_numbers(tmp_path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--k", "0"], "--k must be positive"),
-    (["--chunk", "0"], "--chunk must be positive"),
+    (["--k", "0"], "Invalid value for '--k'"),
+    (["--chunk", "0"], "Invalid value for '--chunk'"),
     (["--n", "10001"], "larger than"),
     (["--split", "nope"], "nope"),
 ])

@@ -154,8 +154,8 @@ def test_cli_localopt_runs_and_resumes(tiny_checkpoint, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--q", "bogus"], "Invalid value for '--q'"),
     (["--n", 100000], "--n 100000 is larger than the mnist test split"),
-    (["--n", 0], "--n must be positive"),
-    (["--max-steps", 10], "--max-steps (10) must be at least --check-every"),
+    (["--n", 0], "Invalid value for '--n'"),
+    (["--max-steps", 10], "'--max-steps': 10 is less than --check-every (100)"),
 ])
 def test_cli_localopt_bad_input(tiny_checkpoint, tmp_path, args, message):
     res = invoke("localopt", tiny_checkpoint, "--out", tmp_path / "r.h5", *args)

@@ -59,7 +59,7 @@ def test_grid_layout():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--n", "0"], "--n must be positive"),
+    (["--n", "0"], "Invalid value for '--n'"),
 ])
 def test_cli_sample_bad_options(tmp_path, args, message):
     ck = str(tmp_path / "m.h5")

@@ -158,8 +158,8 @@ def test_cli_train_on_embedded_mnist_and_resume(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["train", "--epochs", "0"], "--epochs must be at least 1"),
-    (["train", "--latent", "0", "--epochs", "1"], "--latent must be at least 1"),
+    (["train", "--epochs", "0"], "Invalid value for '--epochs'"),
+    (["train", "--latent", "0", "--epochs", "1"], "Invalid value for '--latent'"),
     (["train", "--schedule", "plain"], "needs --epochs"),
     (["train", "--dataset", "nope", "--epochs", "1"], "nope"),
     (["train", "--resume", "missing.h5"], "does not exist"),
