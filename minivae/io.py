@@ -44,7 +44,7 @@ def atomic_path(path):
     try:
         yield tmp
         # mkstemp makes 0600; give what open(path, "w") would: the old file's mode, else the umask's
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_umask())
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
