@@ -22,6 +22,18 @@ CHECKPOINT_KIND = "minivae-checkpoint"
 RESULTS_KIND = "minivae-results"
 
 
+def _umask():
+    """The process umask. /proc first: os.umask can only be read by setting it, which races
+    with other threads creating files."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temp path next to `path`; move it onto `path` only if the block succeeds."""
@@ -34,6 +46,8 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        # mkstemp makes 0600; give what open(path, "w") would: the old file's mode, else the umask's
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -14,7 +14,7 @@ from .config import Config
 from .errors import MinivaeError
 from .optim import adam_init, adam_step, entropy_weight, learning_rate, total_epochs
 from .posteriors import get_family
-from .progress import Progress
+from .progress import Progress, epoch_line
 
 CURVES = ("epoch", "train_bound", "valid_elbo", "lr", "lam", "seconds")
 
@@ -84,8 +84,8 @@ def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=
             curves[k] = np.append(curves[k], row[k])
         state["epoch"] = epoch + 1
         if progress:
-            print(f"epoch {epoch + 1}: train bound {row['train_bound']:.3f}  valid ELBO {valid:.3f}  "
-                  f"({row['seconds']:.1f}s)", flush=True)
+            print(epoch_line(epoch + 1, total_epochs(cfg), curves["seconds"],
+                             f"train bound {row['train_bound']:.3f}  valid ELBO {valid:.3f}"), flush=True)
         if out and (state["epoch"] % save_every == 0 or state["epoch"] == end):
             save(out, cfg, state, rng)
     state["rng_state"] = rng_state(rng)

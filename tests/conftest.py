@@ -13,6 +13,16 @@ from minivae import data
 # Tests find the shared datasets relative to the repo (../shared/data), never an absolute path.
 os.environ.setdefault("MINIVAE_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 os.environ.setdefault("MINIVAE_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / os.environ["MINIVAE_DATA"]  # relative to the repo, as .ci/run sets it; absolute wins
+
+
+def needs_data(*rels):
+    """Mark a test that reads the dataset files `rels` (paths under $MINIVAE_DATA): a fresh
+    machine without them skips it, naming what is absent, rather than failing it."""
+    missing = [rel for rel in rels if not (DATA / rel).is_file()]
+    return pytest.mark.skipif(bool(missing), reason=f"dataset files not in {DATA}: {', '.join(missing)}"
+                              + " (set MINIVAE_DATA)")
 
 
 def pytest_addoption(parser):

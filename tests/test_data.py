@@ -1,8 +1,9 @@
 """Dataset loaders: embedded binarized MNIST, idx binarization, checksums, lookup, CIFAR format.
 
 The real MNIST / Fashion-MNIST files come from $MINIVAE_DATA (.ci/run sets it to
-../shared/data), else from ../shared/data next to the repo. CIFAR-10 is not available, so its
-loader is tested on tiny batches written in the real format. No test touches the network.
+../shared/data), else from ../shared/data next to the repo; tests that need them skip when they
+are absent. CIFAR-10 is not available, so its loader is tested on tiny batches written in the
+real format. No test touches the network.
 """
 
 import gzip
@@ -12,6 +13,8 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -23,11 +26,11 @@ import pytest
 from minivae import data
 from minivae.errors import DataError
 
-from conftest import cifar_batch, write_cifar_tar
+from conftest import DATA, cifar_batch, needs_data, write_cifar_tar
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / os.environ.get("MINIVAE_DATA", "../shared/data")  # an absolute env value wins
 T10K = "t10k-images-idx3-ubyte.gz"
+MNIST_IDX = [rel for rel in data.MD5 if rel.startswith("mnist/")]          # the 4 idx files
+FASHION = [rel for rel in data.MD5 if rel.startswith("fashion-mnist/")]
 
 
 @pytest.fixture(autouse=True)
@@ -76,6 +79,7 @@ def test_embedded_mnist(split, n, mean):
     assert x[0].tolist() == [int(v) for v in first.split()]  # the vectorised parse, by hand
 
 
+@needs_data(*MNIST_IDX, *FASHION)
 def test_md5_table_matches_the_real_files():
     files = {rel: DATA / rel for rel in data.MD5 if (DATA / rel).is_file()}
     files.update({rel: data.EMBEDDED / rel for rel in data.MD5 if rel.startswith("binarized_mnist")})
@@ -119,8 +123,9 @@ def test_binarize_is_one_draw_per_file(monkeypatch):
     assert abs(x[1000:].mean() - images[1000:].mean() / 255) < 0.01
 
 
-@pytest.mark.parametrize("name, sub, mean", [("mnist-idx", "mnist", 0.131),
-                                            ("fashion", "fashion-mnist", 0.286)])
+@pytest.mark.parametrize("name, sub, mean", [
+    pytest.param("mnist-idx", "mnist", 0.131, marks=needs_data(*MNIST_IDX)),
+    pytest.param("fashion", "fashion-mnist", 0.286, marks=needs_data(*FASHION))])
 def test_idx_sets(name, sub, mean):
     sizes = {"train": 50000, "valid": 10000, "test": 10000}
     x = {split: data.load(name, split, data_dir=DATA) for split in sizes}
@@ -162,6 +167,7 @@ def test_missing_file_names_it_and_where_it_looked(tmp_path, monkeypatch):
     assert "downloads disabled" in msg
 
 
+@needs_data(f"mnist/{T10K}")
 def test_env_data_dir_and_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIVAE_DATA", str(DATA))
     assert data.load("mnist-idx", "test").shape == (10000, 784)
@@ -180,6 +186,7 @@ def fake_urlopen(payload, calls):
     return urlopen
 
 
+@needs_data(f"mnist/{T10K}")
 def test_download_lands_in_cache_only_when_md5_matches(tmp_path, monkeypatch):
     monkeypatch.delenv("MINIVAE_OFFLINE")
     cache = tmp_path / "xdg" / "minivae" / "mnist"
@@ -205,6 +212,7 @@ def test_allow_download_false_never_downloads(tmp_path, monkeypatch):
         data.load("fashion", "test", data_dir=tmp_path, allow_download=False)
 
 
+@needs_data(f"fashion-mnist/{T10K}")
 def test_flipped_byte_fails_md5(tmp_path):
     path = copy_in(tmp_path, f"fashion-mnist/{T10K}")
     path.write_bytes(flip(path.read_bytes()))
@@ -213,6 +221,7 @@ def test_flipped_byte_fails_md5(tmp_path):
     assert str(path) in str(e.value)
 
 
+@needs_data("mnist/t10k-labels-idx1-ubyte.gz", f"mnist/{T10K}")
 def test_truncated_gzip(tmp_path):
     path = copy_in(tmp_path, "mnist/t10k-labels-idx1-ubyte.gz")
     assert data.read_idx(path, data.MD5["mnist/t10k-labels-idx1-ubyte.gz"]).shape == (10000,)
@@ -318,3 +327,15 @@ def test_cifar_missing(tmp_path):
         data.load("cifar10", "train", data_dir=tmp_path)
     with pytest.raises(DataError, match="missing cifar-10-batches-py or cifar-10-python.tar.gz"):
         data.load("cifar10", "train", data_dir=tmp_path / "nothing")
+
+
+def test_without_the_datasets_this_file_skips_never_fails(tmp_path):
+    """A fresh machine has only the embedded MNIST: the idx tests must skip with a reason."""
+    env = dict(os.environ, MINIVAE_DATA=str(tmp_path))  # an empty data directory
+    me = "tests/test_data.py::test_without_the_datasets_this_file_skips_never_fails"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                          "tests/test_data.py", "--deselect", me],
+                         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " skipped" in run.stdout and "dataset files not in" in run.stdout
