@@ -1,5 +1,6 @@
 """`minivae`: the command line. It only parses options and calls the library."""
 import os
+import signal
 import sys
 
 import click
@@ -12,14 +13,25 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
+            previous = signal.signal(signal.SIGTERM, _terminate)    # SIGTERM ends a run like Ctrl-C
+        except ValueError:                                          # not the main thread
+            previous = None
+        try:
             return super().invoke(ctx)
         except MinivaeError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
-            click.echo("Interrupted: finished blocks are saved; run the same command again to resume.",
-                       err=True)
+        except KeyboardInterrupt as e:      # a command may say what was saved and where it resumes
+            saved = str(e) or "finished blocks are saved; run the same command again to resume"
+            click.echo(f"Interrupted: {saved}.", err=True)
             ctx.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
