@@ -101,15 +101,22 @@ def common(f):
               help="entropy annealing epochs [default: 400 with burda, 0 with plain; cifar10: 20]")
 @click.option("--no-warmup", is_flag=True, help="train without entropy annealing (paper Table 6)")
 @click.option("--train-size", type=int, default=None, help="use only the first N training images")
-@click.option("--out", type=click.Path(dir_okay=False), default="model.h5", help="checkpoint to write")
+@click.option("--out", type=click.Path(dir_okay=False), default="model.h5",
+              help="checkpoint to write; one of this run is continued")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
-              help="continue a checkpoint where it stopped (its settings win)")
+              help="continue checkpoint CKPT in place (the same as rerunning its command with --out CKPT)")
+@click.option("--extend", is_flag=True,
+              help="let --epochs raise the epochs of an existing --out checkpoint (plain schedule)")
 @click.option("--save-every", type=int, default=1, help="write the checkpoint every N epochs")
 @common
-def train(**opts):
-    """Train a VAE (paper defaults: latent 50, 784-200-200-100 encoder, 50-200-200-784 decoder, ELU)."""
+@click.pass_context
+def train(ctx, **opts):
+    """Train a VAE (paper defaults: latent 50, 784-200-200-100 encoder, 50-200-200-784 decoder, ELU).
+    The same command again on the same --out continues it; changed settings are refused."""
     from minivae import train as training
-    training.run_from_cli(opts)
+    given = {name for name in opts if ctx.get_parameter_source(name) not in
+             (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
+    training.run_from_cli(opts, given)
 
 
 def localopt_options(f):
