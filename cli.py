@@ -101,6 +101,8 @@ def common(f):
               help="entropy annealing epochs [default: 400 with burda, 0 with plain; cifar10: 20]")
 @click.option("--no-warmup", is_flag=True, help="train without entropy annealing (paper Table 6)")
 @click.option("--train-size", type=int, default=None, help="use only the first N training images")
+@click.option("--train-split", type=click.Choice(["train", "train+valid"]), default="train",
+              help="images to train on; train+valid: the authors' code (MNIST: 60 000), valid then not held out")
 @click.option("--out", type=click.Path(dir_okay=False), default="model.h5",
               help="checkpoint to write; one of this run is continued")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,

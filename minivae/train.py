@@ -163,7 +163,8 @@ def config_from_options(opts):
                   enc_hidden=opts["enc_hidden"], enc_layers=opts["enc_layers"],
                   dec_hidden=opts["dec_hidden"], dec_layers=opts["dec_layers"], act=opts["act"],
                   flow_steps=opts["flow_steps"], objective=opts["objective"], k=opts["k"],
-                  batch=opts["batch"], train_size=opts["train_size"] or 0, schedule=schedule,
+                  batch=opts["batch"], train_split=opts.get("train_split") or "train",
+                  train_size=opts["train_size"] or 0, schedule=schedule,
                   epochs=opts["epochs"] if opts["epochs"] is not None else 3280, lr=opts["lr"],
                   warmup_epochs=warmup, seed=opts["seed"], dtype=opts["dtype"])
 
@@ -175,7 +176,8 @@ def config_from_options(opts):
 TRAIN_SETTINGS = dict(dataset=("dataset",), arch=("arch",), q=("q",), latent=("latent",),
                       enc_hidden=("enc_hidden",), enc_layers=("enc_layers",), dec_hidden=("dec_hidden",),
                       dec_layers=("dec_layers",), act=("act",), flow_steps=("flow_steps",),
-                      objective=("objective",), k=("k",), batch=("batch",), train_size=("train_size",),
+                      objective=("objective",), k=("k",), batch=("batch",), train_split=("train_split",),
+                      train_size=("train_size",),
                       schedule=("schedule",), epochs=("epochs",), lr=("lr",),
                       warmup_epochs=("warmup_epochs", "no_warmup"), seed=("seed",), dtype=("dtype",))
 
@@ -209,6 +211,18 @@ def saved_epoch(path):
     return io.load_checkpoint(path)["epoch"] if os.path.exists(path) else 0
 
 
+def training_data(cfg, data_dir=None):
+    """(x_train, x_valid) as cfg asks: the train split, or train and valid together (the authors'
+    code; the validation ELBO is then measured on images trained on), cut to cfg.train_size."""
+    x_valid = data.load(cfg.dataset, "valid", data_dir)
+    x_train = data.load(cfg.dataset, "train", data_dir)
+    if cfg.train_split == "train+valid":
+        x_train = np.concatenate([x_train, x_valid])
+    elif cfg.train_split != "train":
+        raise MinivaeError(f"unknown training split {cfg.train_split!r}: choose train or train+valid")
+    return (x_train[:cfg.train_size] if cfg.train_size else x_train), x_valid
+
+
 def run_from_cli(opts, given=None):
     """`minivae train`: a new run, or the same command again on the same --out continues it.
     given: names of the options given on the command line (None: all of them); they must agree
@@ -236,13 +250,12 @@ def run_from_cli(opts, given=None):
             print(f"resuming {out} at epoch {state['epoch'] + 1} of {total_epochs(cfg)}")
         else:
             cfg, state = asked, None
+        if cfg.train_split == "train+valid":
+            print("training on train+valid: the validation ELBO is not held out")
         get_family(cfg)  # fail early on an unsupported family
         model.check_arch(cfg)  # or an arch without the dataset's likelihood
         try:
-            x_train = data.load(cfg.dataset, "train", opts["data_dir"])
-            if cfg.train_size:
-                x_train = x_train[:cfg.train_size]
-            x_valid = data.load(cfg.dataset, "valid", opts["data_dir"])
+            x_train, x_valid = training_data(cfg, opts["data_dir"])
             cfg = cfg.replace(data_dim=x_train.shape[1])
             state = train(cfg, x_train, x_valid, out, state, xp, opts["save_every"])
         except KeyboardInterrupt:
