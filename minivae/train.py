@@ -244,8 +244,9 @@ def run_from_cli(opts, given=None):
             stored, state = load_state(out, xp)
             cfg = settings_to_continue(out, stored, asked, given, opts.get("extend", False))
             if state["epoch"] >= total_epochs(cfg):
+                more = " (--epochs N --extend trains more)" if cfg.schedule == "plain" else ""
                 print(f"{out} is already complete ({state['epoch']} of {total_epochs(cfg)} epochs): "
-                      "nothing to do (--epochs N --extend trains more)")
+                      f"nothing to do{more}")
                 return
             print(f"resuming {out} at epoch {state['epoch'] + 1} of {total_epochs(cfg)}")
         else:
@@ -260,8 +261,9 @@ def run_from_cli(opts, given=None):
             state = train(cfg, x_train, x_valid, out, state, xp, opts["save_every"])
         except KeyboardInterrupt:
             done = saved_epoch(out)
-            raise KeyboardInterrupt(f"{out} holds {done} finished epochs; the same command run again "
-                                    f"continues from epoch {done + 1}") from None
+            saved = f"{out} holds {done} finished epochs" if done else "no epoch was saved yet"
+            raise KeyboardInterrupt(f"{saved}; the same command run again continues from epoch "
+                                    f"{done + 1}") from None
     x_test = data.load(cfg.dataset, "test", opts["data_dir"])
     test = evaluate_elbo(state["params"], cfg, x_test, seed=[cfg.seed, 10**6], xp=xp)
     print(f"done: {state['epoch']} epochs, test ELBO {test.mean():.3f} "
