@@ -3,7 +3,6 @@ import math
 import os
 import signal
 import sys
-import threading
 
 import click
 
@@ -23,8 +22,10 @@ class Group(click.Group):
     SIGINT and SIGTERM end the run after its `finally` blocks: exit 130 or 143."""
 
     def invoke(self, ctx):
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _terminate)
+        try:
+            previous = signal.signal(signal.SIGTERM, _terminate)    # SIGTERM ends a run like Ctrl-C
+        except ValueError:                                          # not the main thread
+            previous = None
         try:
             return super().invoke(ctx)
         except (MinivaeError, click.BadParameter) as e:
@@ -32,10 +33,13 @@ class Group(click.Group):
             message = e.format_message() if isinstance(e, click.BadParameter) else e
             click.echo(f"Error: {message}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt as e:
-            click.echo("Interrupted: finished blocks are saved; run the same command again to resume.",
-                       err=True)
+        except KeyboardInterrupt as e:      # a command may say what was saved and where it resumes
+            saved = str(e) or "finished blocks are saved; run the same command again to resume"
+            click.echo(f"Interrupted: {saved}.", err=True)
             ctx.exit(143 if isinstance(e, Terminated) else 130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 class Real(click.FloatRange):
@@ -130,15 +134,24 @@ def common(f):
               help="entropy annealing epochs [default: 400 with burda, 0 with plain; cifar10: 20]")
 @click.option("--no-warmup", is_flag=True, help="train without entropy annealing (paper Table 6)")
 @click.option("--train-size", type=COUNT, default=None, help="use only the first N training images")
-@click.option("--out", type=click.Path(dir_okay=False), default="model.h5", help="checkpoint to write")
+@click.option("--train-split", type=click.Choice(["train", "train+valid"]), default="train",
+              help="images to train on; train+valid: the authors' code (MNIST: 60 000), valid then not held out")
+@click.option("--out", type=click.Path(dir_okay=False), default="model.h5",
+              help="checkpoint to write; one of this run is continued")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
-              help="continue a checkpoint where it stopped (its settings win)")
+              help="continue checkpoint CKPT in place (the same as rerunning its command with --out CKPT)")
+@click.option("--extend", is_flag=True,
+              help="let --epochs raise the epochs of an existing --out checkpoint (plain schedule)")
 @click.option("--save-every", type=COUNT, default=1, help="write the checkpoint every N epochs")
 @common
-def train(**opts):
-    """Train a VAE (paper defaults: latent 50, 784-200-200-100 encoder, 50-200-200-784 decoder, ELU)."""
+@click.pass_context
+def train(ctx, **opts):
+    """Train a VAE (paper defaults: latent 50, 784-200-200-100 encoder, 50-200-200-784 decoder, ELU).
+    The same command again on the same --out continues it; changed settings are refused."""
     from minivae import train as training
-    training.run_from_cli(opts)
+    given = {name for name in opts if ctx.get_parameter_source(name) not in
+             (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
+    training.run_from_cli(opts, given)
 
 
 def where_to_run(f):

@@ -27,6 +27,7 @@ class Config:
     objective: str = "elbo"        # elbo | iwae
     k: int = 1                     # samples per datapoint for the training objective
     batch: int = 100
+    train_split: str = "train"     # train | train+valid (the authors' code: 60 000 MNIST images)
     train_size: int = 0            # use only the first N training images (0: all)
     schedule: str = "burda"        # burda | plain
     epochs: int = 3280             # plain schedule only; burda fixes 3280

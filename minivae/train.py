@@ -4,11 +4,12 @@ learning curves and resumable HDF5 checkpoints.
 Resuming restores params, Adam moments, epoch and the RNG state, so an interrupted run that
 is resumed ends with the same numbers as an uninterrupted one.
 """
+import os
 import time
 
 import numpy as np
 
-from . import data, fastpath, io, model, objectives
+from . import data, fastpath, io, model, objectives, outputs
 from .backend import device_xp, normal, rng_from_state, rng_state, to_numpy
 from .config import Config
 from .errors import MinivaeError
@@ -162,28 +163,106 @@ def config_from_options(opts):
                   enc_hidden=opts["enc_hidden"], enc_layers=opts["enc_layers"],
                   dec_hidden=opts["dec_hidden"], dec_layers=opts["dec_layers"], act=opts["act"],
                   flow_steps=opts["flow_steps"], objective=opts["objective"], k=opts["k"],
-                  batch=opts["batch"], train_size=opts["train_size"] or 0, schedule=schedule,
+                  batch=opts["batch"], train_split=opts.get("train_split") or "train",
+                  train_size=opts["train_size"] or 0, schedule=schedule,
                   epochs=opts["epochs"] if opts["epochs"] is not None else 3280, lr=opts["lr"],
                   warmup_epochs=warmup, seed=opts["seed"], dtype=opts["dtype"])
 
 
-def run_from_cli(opts):
-    from . import data
+# Config fields that `minivae train` options set, with the options that set them. A rerun on
+# the same --out compares these only where an option was given: the checkpoint's config wins.
+# Not here: fields no option sets (data_dim is filled in from the data, obs_std, flow_hidden,
+# freeze) and likelihood, which follows the dataset.
+TRAIN_SETTINGS = dict(dataset=("dataset",), arch=("arch",), q=("q",), latent=("latent",),
+                      enc_hidden=("enc_hidden",), enc_layers=("enc_layers",), dec_hidden=("dec_hidden",),
+                      dec_layers=("dec_layers",), act=("act",), flow_steps=("flow_steps",),
+                      objective=("objective",), k=("k",), batch=("batch",), train_split=("train_split",),
+                      train_size=("train_size",),
+                      schedule=("schedule",), epochs=("epochs",), lr=("lr",),
+                      warmup_epochs=("warmup_epochs", "no_warmup"), seed=("seed",), dtype=("dtype",))
+
+
+def settings_to_continue(path, stored, asked, given, extend=False):
+    """The config a rerun on checkpoint `path` trains with: `stored`, unless an option in `given`
+    asks for another value (`asked`: the config the options describe), which is refused in one
+    line naming the settings; with `extend`, only a larger --epochs of the plain schedule."""
+    changed = [f for f, names in TRAIN_SETTINGS.items()
+               if given.intersection(names) and getattr(asked, f) != getattr(stored, f)]
+    if extend and "epochs" in changed:
+        if stored.schedule != "plain" or asked.schedule != "plain":
+            raise MinivaeError(f"--extend adds epochs to the plain schedule; {path} was trained with "
+                               f"--schedule {stored.schedule} (3280 epochs, fixed)")
+        if asked.epochs < stored.epochs:
+            raise MinivaeError(f"--extend only raises --epochs: {path} was trained for {stored.epochs} "
+                               f"epochs, more than --epochs {asked.epochs}")
+        changed.remove("epochs")
+        stored = stored.replace(epochs=asked.epochs)
+    if changed:
+        said = ", ".join(f"--{f.replace('_', '-')} {getattr(asked, f)} (checkpoint: {getattr(stored, f)})"
+                         for f in changed)
+        hint = "; add --extend to train for more --epochs" if changed == ["epochs"] else ""
+        raise MinivaeError(f"{path} was trained with other settings: {said}. Rerun without them to "
+                           f"continue it{hint}, or choose another --out")
+    return stored
+
+
+def saved_epoch(path):
+    """Epochs finished in checkpoint `path` (0 when there is none)."""
+    return io.load_checkpoint(path)["epoch"] if os.path.exists(path) else 0
+
+
+def training_data(cfg, data_dir=None):
+    """(x_train, x_valid) as cfg asks: the train split, or train and valid together (the authors'
+    code; the validation ELBO is then measured on images trained on), cut to cfg.train_size."""
+    x_valid = data.load(cfg.dataset, "valid", data_dir)
+    x_train = data.load(cfg.dataset, "train", data_dir)
+    if cfg.train_split == "train+valid":
+        x_train = np.concatenate([x_train, x_valid])
+    elif cfg.train_split != "train":
+        raise MinivaeError(f"unknown training split {cfg.train_split!r}: choose train or train+valid")
+    return (x_train[:cfg.train_size] if cfg.train_size else x_train), x_valid
+
+
+def run_from_cli(opts, given=None):
+    """`minivae train`: a new run, or the same command again on the same --out continues it.
+    given: names of the options given on the command line (None: all of them); they must agree
+    with an existing checkpoint's config, except a larger --epochs with --extend."""
+    given = set(opts if given is None else given)
     xp = device_xp(opts["device"])
-    if opts["resume"]:
-        cfg, state = load_state(opts["resume"], xp)
-        out = opts["out"] if opts["out"] != "model.h5" else opts["resume"]
-        print(f"resuming {opts['resume']} at epoch {state['epoch']} of {total_epochs(cfg)}")
-    else:
-        cfg, state, out = config_from_options(opts), None, opts["out"]
-    get_family(cfg)  # fail early on an unsupported family
-    model.check_arch(cfg)  # or an arch without the dataset's likelihood
-    x_train = data.load(cfg.dataset, "train", opts["data_dir"])
-    if cfg.train_size:
-        x_train = x_train[:cfg.train_size]
-    x_valid = data.load(cfg.dataset, "valid", opts["data_dir"])
-    cfg = cfg.replace(data_dim=x_train.shape[1])
-    state = train(cfg, x_train, x_valid, out, state, xp, opts["save_every"])
+    asked = config_from_options(opts)
+    out = opts["out"]
+    if opts.get("resume"):
+        out = opts["resume"]
+        if "out" in given and os.path.abspath(opts["out"]) != os.path.abspath(out):
+            raise MinivaeError(f"--resume {out} continues that checkpoint in place, not into --out "
+                               f"{opts['out']}: drop one of them (copy the file first to continue a copy)")
+        if not os.path.exists(out):
+            raise MinivaeError(f"checkpoint {out} does not exist: check the path, or drop --resume "
+                               "to start a new run with --out")
+    with outputs.claim(out, io.CHECKPOINT_KIND):        # held for the whole run, before any compute
+        if os.path.exists(out):
+            stored, state = load_state(out, xp)
+            cfg = settings_to_continue(out, stored, asked, given, opts.get("extend", False))
+            if state["epoch"] >= total_epochs(cfg):
+                more = " (--epochs N --extend trains more)" if cfg.schedule == "plain" else ""
+                print(f"{out} is already complete ({state['epoch']} of {total_epochs(cfg)} epochs): "
+                      f"nothing to do{more}")
+                return
+            print(f"resuming {out} at epoch {state['epoch'] + 1} of {total_epochs(cfg)}")
+        else:
+            cfg, state = asked, None
+        if cfg.train_split == "train+valid":
+            print("training on train+valid: the validation ELBO is not held out")
+        get_family(cfg)  # fail early on an unsupported family
+        model.check_arch(cfg)  # or an arch without the dataset's likelihood
+        try:
+            x_train, x_valid = training_data(cfg, opts["data_dir"])
+            cfg = cfg.replace(data_dim=x_train.shape[1])
+            state = train(cfg, x_train, x_valid, out, state, xp, opts["save_every"])
+        except KeyboardInterrupt as e:                 # the same type: SIGTERM stays SIGTERM
+            done = saved_epoch(out)
+            saved = f"{out} holds {done} finished epochs" if done else "no epoch was saved yet"
+            raise type(e)(f"{saved}; the same command run again continues from epoch {done + 1}") from None
     x_test = data.load(cfg.dataset, "test", opts["data_dir"])
     test = evaluate_elbo(state["params"], cfg, x_test, seed=[cfg.seed, 10**6], xp=xp)
     print(f"done: {state['epoch']} epochs, test ELBO {test.mean():.3f} "
