@@ -166,6 +166,9 @@ def run(params, cfg, x, q, out, settings=None, meta=None, progress=True, stop_af
             raise MinivaeError(f"--{name.replace('_', '-')} must be at least 1 (got {s[name]})")
     if s["init"] not in ("prior", "encoder"):
         raise MinivaeError(f"unknown --init {s['init']!r}: choose prior or encoder")
+    if s["init"] == "encoder":
+        from .model import require_encoder
+        require_encoder(cfg, "--init encoder")
     if s["max_steps"] < s["check_every"]:
         raise MinivaeError(f"--max-steps ({s['max_steps']}) must be at least --check-every "
                            f"({s['check_every']})")
