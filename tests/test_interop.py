@@ -223,13 +223,15 @@ def test_every_mismatch_is_one_line_naming_the_tensor(tmp_path, breaker, name, w
 
 def test_npz_and_toml_are_read(tmp_path):
     t, spec = torch_like(np.random.default_rng(0))
-    w, _ = write(tmp_path, t, spec, "w.npz")
+    w, _ = write(tmp_path, {k: v.astype(np.float16) for k, v in t.items()}, spec, "w.npz")
     del spec["encoder"]
     lines = ['layout = "pytorch"', 'activation = "elu"', "[decoder]", "layers = ["]
     lines += [f'  {{weight = "{l["weight"]}", bias = "{l["bias"]}"}},' for l in spec["decoder"]["layers"]]
     (tmp_path / "spec.toml").write_text("\n".join(lines + ["]"]) + "\n")
     params, cfg = interop.build(interop.read_spec(str(tmp_path / "spec.toml")), interop.read_tensors(w))
     assert not cfg.encoder and cfg.dec_layers == 2 and not any(k.startswith("enc.") for k in params)
+    assert cfg.dtype == "float32"                                          # float16, upcast exactly
+    assert np.array_equal(params["dec.fc0.W"], t["dec.0.weight"].astype(np.float16).T)
     with pytest.raises(SpecError, match="not a readable safetensors"):
         (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
         interop.read_tensors(str(tmp_path / "bad.safetensors"))
@@ -262,6 +264,8 @@ def test_without_encoder_ais_localopt_and_gaps_run(decoder_only):
     code, out = run_cli(["ais", ck, "--n", "2", "--out", res] + ais)
     assert code == 0, out
     code, out = run_cli(["localopt", ck, "--n", "2", "--out", res, "--block", "2"] + lo)
+    assert code == 0, out
+    code, out = run_cli(["bdmc", ck, "--n", "2", "--out", res] + ais)
     assert code == 0, out
     code, out = run_cli(["gaps", ck, "--n", "2", "--out", res, "--qstar", "ffg", "--format", "json",
                          "--localopt-block", "2"]
