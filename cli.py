@@ -337,5 +337,30 @@ def reproduce(experiment, dataset, budget, out, seed):
     repro.run(experiment, dataset, budget, out or f"runs/{experiment}-{dataset}-{budget}", seed)
 
 
+# -- bring your own VAE (issue 16): import weights trained elsewhere, export a model -----------
+@main.command("import")
+@click.argument("weights", type=str)
+@click.option("--spec", "spec", type=str, required=True,
+              help="JSON (or .toml) naming each layer's weight and bias tensors, the layout "
+                   "(pytorch or minivae), activation, likelihood, posterior; see README 'Your own model'")
+@click.option("--out", type=click.Path(dir_okay=False), default="model.h5", help="checkpoint to write")
+def import_(weights, spec, out):
+    """Turn WEIGHTS (.safetensors or .npz) of an MLP VAE trained elsewhere into a minivae checkpoint."""
+    from minivae import interop
+    click.echo(interop.import_model(weights, spec, out))
+
+
+@main.command("export")
+@click.argument("ckpt", type=str)
+@click.option("--out", type=click.Path(dir_okay=False), default="model.safetensors",
+              help="weights to write (.safetensors or .npz); the spec goes beside it as NAME.spec.json")
+@click.option("--layout", type=click.Choice(["pytorch", "minivae"]), default="pytorch",
+              help="weights as (out, in) like nn.Linear, or minivae's (in, out)")
+def export(ckpt, out, layout):
+    """Write a minivae MLP checkpoint as safetensors plus a spec that `minivae import` reads back exactly."""
+    from minivae import export as exporting
+    click.echo(exporting.export_model(ckpt, out, layout))
+
+
 if __name__ == "__main__":
     sys.exit(main())

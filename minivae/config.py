@@ -23,6 +23,7 @@ class Config:
     act: str = "elu"
     flow_steps: int = 2
     flow_hidden: int = 100
+    encoder: bool = True           # False: imported decoder only (minivae import); no q(z|x)
     # training
     objective: str = "elbo"        # elbo | iwae
     k: int = 1                     # samples per datapoint for the training objective

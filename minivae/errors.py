@@ -15,3 +15,8 @@ class DataError(MinivaeError):
 
 class CheckpointError(MinivaeError):
     """A checkpoint or results file is missing, corrupt or does not match the request."""
+
+
+class SpecError(MinivaeError):
+    """Weights and spec given to `minivae import` (or a model to export) that do not fit together
+    or that minivae's layers cannot hold; the message names the tensor or spec key."""

@@ -108,7 +108,9 @@ def collect(params, cfg, x, out, k=5000, chunk=10000, ais_settings=None, ais_blo
     from . import ais, iwae, localopt
     r = {}
     with outputs.claim(out, io.RESULTS_KIND):          # one writer for all the stages
-        r["elbo"], r["iwae"] = iwae.stage(params, cfg, x, out, k, seed, chunk, meta, progress, runner=runner)
+        if cfg.encoder:                                  # an imported decoder alone has no L[q]
+            r["elbo"], r["iwae"] = iwae.stage(params, cfg, x, out, k, seed, chunk, meta, progress,
+                                              runner=runner)
         if ais_settings is not None:
             r["ais"] = ais.run(params, cfg, x, out, ais_settings, seed, ais_block, meta, progress,
                                runner=runner)["estimate"]
@@ -133,6 +135,15 @@ def run_from_cli(opts):
         qstar.append(cfg.q)                      # the gaps need q* of the trained family
     for q in qstar:
         get_family(cfg.replace(q=q))             # fail early on an unknown family
+    if not cfg.encoder:
+        if opts["no_ais"]:
+            raise MinivaeError("--no-ais: this model was imported without an encoder, so log p^(x) "
+                               "has no L_IWAE[q] and needs AIS; drop --no-ais")
+        if opts["init"] == "encoder":
+            raise MinivaeError("--init encoder needs an encoder, and this model was imported "
+                               "without one: use --init prior")
+        click.echo("note: the model has no encoder: L_VAE[q], L_IWAE[q] and the amortization and "
+                   "inference gaps are n/a", err=True)
     s = None
     if not opts["no_ais"]:
         s = ais.Settings(**{k: opts[k] for k in ais.Settings.__dataclass_fields__})

@@ -83,6 +83,7 @@ BLOCK_DATAPOINTS = 50
 def run_from_cli(opts):
     evaluate.check_options(k=opts["k"], n=opts["n"])
     params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
+    model.require_encoder(cfg, "minivae iwae (L_VAE[q], L_IWAE[q])")
     chunk = evaluate.decoder_chunk(opts["chunk"], cfg)
     x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
     meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)

@@ -10,7 +10,7 @@ and its parameters are never written again. Blocks are saved as they finish, so 
 """
 import numpy as np
 
-from . import fastpath, stages
+from . import fastpath, model, stages
 from .backend import get_xp, to_numpy
 from .errors import MinivaeError
 from .objectives import log_weights
@@ -138,8 +138,7 @@ def encoder_init(params, cfg, q, x):
     paper's N(0, I): a warm start that reaches the same optimum in far fewer steps."""
     if cfg.q == "fullcov" or q == "fullcov":
         raise MinivaeError("--init encoder needs an FFG or flow encoder and q*; use --init prior")
-    from .model import encode
-    return encode(params, cfg, x)[0][:, :2 * cfg.latent]
+    return model.encode(params, cfg, x)[0][:, :2 * cfg.latent]
 
 
 def local_elbo(params, cfg, family, x, local, rngs, samples=5000, chunk=100):
@@ -161,13 +160,15 @@ def local_elbo(params, cfg, family, x, local, rngs, samples=5000, chunk=100):
     return to_numpy(mean), to_numpy(xp.sqrt(var))
 
 
-def check_settings(s):
+def check_settings(s, cfg):
     """One line for settings that cannot work (the CLI's types catch them earlier)."""
     for name in ("max_steps", "samples", "check_every", "patience", "final_samples", "block"):
         if s[name] < 1:
             raise MinivaeError(f"--{name.replace('_', '-')} must be at least 1 (got {s[name]})")
     if s["init"] not in ("prior", "encoder"):
         raise MinivaeError(f"unknown --init {s['init']!r}: choose prior or encoder")
+    if s["init"] == "encoder":
+        model.require_encoder(cfg, "--init encoder")
     if s["max_steps"] < s["check_every"]:
         raise MinivaeError(f"--max-steps ({s['max_steps']}) must be at least --check-every "
                            f"({s['check_every']})")
@@ -197,7 +198,7 @@ def run(params, cfg, x, q, out, settings=None, meta=None, progress=True, runner=
     """Fit q* of family `q` on every row of x (N, D), saving stage `localopt_{q}` of results
     file `out` after each block; a rerun resumes (stages.run). Returns the stage's arrays."""
     s = {**DEFAULTS, **(settings or {})}
-    check_settings(s)
+    check_settings(s, cfg)
     get_family(cfg.replace(q=q))
     settings = dict(q=q, dtype=cfg.dtype, **{k: v for k, v in s.items() if k != "block"}, **(meta or {}))
     shared = dict(params=params, cfg=cfg, x=x, q=q, s=s)

@@ -41,14 +41,23 @@ def init_params(cfg, rng, xp=np):
         family.init_global(rng, params, dtype, xp)
         return params
     params = {}
-    nn.init_mlp(rng, params, "enc", enc_sizes(cfg, family.n_out), dtype, xp=xp)
+    if cfg.encoder:
+        nn.init_mlp(rng, params, "enc", enc_sizes(cfg, family.n_out), dtype, xp=xp)
     nn.init_mlp(rng, params, "dec", dec_sizes(cfg), dtype, xp=xp)
     family.init_global(rng, params, dtype, xp)
     return params
 
 
+def require_encoder(cfg, what):
+    """A one-line error when `what` needs q(z|x) but the model has none (an imported decoder)."""
+    if not cfg.encoder:
+        raise MinivaeError(f"{what} needs an encoder, and this model was imported without one: "
+                           "use ais, bdmc or localopt --init prior")
+
+
 def encode(params, cfg, x):
     """x: (B, D) -> per-datapoint parameters of q, h: (B, P). backward gives dx = None."""
+    require_encoder(cfg, "q(z|x)")
     if cfg.arch == "conv":
         return convmodel.encode(params, cfg, x)
     return nn.mlp(params, "enc", x, cfg.enc_layers + 1, cfg.act, need_dx=False)

@@ -165,7 +165,8 @@ def test_collect_applies_per_family_localopt_settings(monkeypatch):
     monkeypatch.setattr(iwae, "stage", lambda *a, **k: (np.zeros(2), np.zeros(2)))
     monkeypatch.setattr(localopt, "run", lambda params, cfg, x, q, out, s, meta, progress, runner=None:
                         seen.setdefault(q, s) and {"elbo": np.zeros(2)} or {"elbo": np.zeros(2)})
-    gaps.collect({}, None, np.zeros((2, 3)), "unused.h5", qstar=("ffg", "flow"), seed=3,
+    from minivae.config import Config
+    gaps.collect({}, Config(), np.zeros((2, 3)), "unused.h5", qstar=("ffg", "flow"), seed=3,
                  localopt_settings=dict(samples=100, max_steps=50, flow=dict(samples=20)))
     assert seen["ffg"] == dict(samples=100, max_steps=50, seed=3)
     assert seen["flow"] == dict(samples=20, max_steps=50, seed=3)
