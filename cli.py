@@ -330,11 +330,16 @@ def gaps(**opts):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="folder for models, results, figures and report.md [default: runs/EXPERIMENT-DATASET-BUDGET]")
 @click.option("--seed", type=NATURAL, default=0, help="same seed, same numbers")
-def reproduce(experiment, dataset, budget, out, seed):
+@where_to_run
+def reproduce(experiment, dataset, budget, out, seed, workers, scheduler):
     """Run one of the paper's experiments and write DIR/report.md beside the paper's numbers.
-    Reruns reuse finished models and result stages."""
+    Reruns reuse finished models and result stages. With --workers/--scheduler (tables), the
+    models train at once on the cluster, then every evaluation stage runs there."""
     from minivae import reproduce as repro
-    repro.run(experiment, dataset, budget, out or f"runs/{experiment}-{dataset}-{budget}", seed)
+    from minivae import stages
+    with stages.executor(workers, scheduler) as runner:
+        repro.run(experiment, dataset, budget, out or f"runs/{experiment}-{dataset}-{budget}", seed,
+                  runner=runner)
 
 
 # -- bring your own VAE (issue 16): import weights trained elsewhere, export a model -----------

@@ -128,30 +128,52 @@ def train_or_reuse(path, cfg, x_train, x_valid, init=None, log=print):
     return state["params"], time.perf_counter() - t0
 
 
-def run_table(experiment, dataset, budget, out, seed=0, log=print):
-    """Train the experiment's models, compute their gap tables, write report.md; returns tables."""
+def _train_task(path, cfg, x_train, x_valid, init):
+    return train_or_reuse(path, cfg, x_train, x_valid, init, log=lambda *a: None)
+
+
+def train_models(jobs, x_train, x_valid, client=None, log=print):
+    """{name: (params, seconds)} for jobs [(name, path, cfg, init)]: one after another, or all at
+    once as tasks of a Dask `client` (each worker writes its own model's checkpoint)."""
+    if client is None:
+        return {name: train_or_reuse(path, cfg, x_train, x_valid, init, log) for name, path, cfg, init in jobs}
+    log(f"training {', '.join(j[0] for j in jobs)} at once on the cluster")
+    futures = {name: client.submit(_train_task, path, cfg, x_train, x_valid, init, pure=False)
+               for name, path, cfg, init in jobs}
+    return {name: f.result() for name, f in futures.items()}
+
+
+def run_table(experiment, dataset, budget, out, seed=0, log=print, runner=None):
+    """Train the experiment's models, compute their gap tables, write report.md; returns tables.
+    runner: a stages runner (minivae.cluster): the models that do not depend on another train
+    at once on its cluster, then every evaluation stage runs as its tasks."""
     from . import ais, evaluate
     b = budget_for(budget, dataset)
     specs, qstar = models(experiment)
     x_train, x_valid = data.load(dataset, "train"), data.load(dataset, "valid")
     x_eval = data.load(dataset, "test")[:b["n"]]
     tables, timings = {}, {}
-    params_of = {}
-    for name, overrides in specs:
-        cfg = model_config(dataset, budget, overrides, seed, experiment)
-        cfg = cfg.replace(data_dim=x_train.shape[1])
-        init = None
-        if overrides.get("freeze") == "dec":
-            init = {k: v for k, v in params_of["base"].items() if k.startswith("dec.")}
-        path = os.path.join(out, "models", f"{name}.h5")
-        params_of[name], timings[f"{name}: train"] = train_or_reuse(path, cfg, x_train, x_valid, init, log)
+    cfgs = {name: model_config(dataset, budget, overrides, seed, experiment).replace(data_dim=x_train.shape[1])
+            for name, overrides in specs}
+    path = {name: os.path.join(out, "models", f"{name}.h5") for name, _ in specs}
+    client = getattr(runner, "client", None)
+    first = [(name, path[name], cfgs[name], None) for name, ov in specs if ov.get("freeze") != "dec"]
+    trained = train_models(first, x_train, x_valid, client, log)
+    for name, overrides in specs:                       # a frozen decoder waits for its base model
+        if name not in trained:
+            init = {k: v for k, v in trained["base"][0].items() if k.startswith("dec.")}
+            trained.update(train_models([(name, path[name], cfgs[name], init)], x_train, x_valid, None, log))
+    params_of = {name: p for name, (p, _) in trained.items()}
+    timings.update({f"{name}: train": t for name, (_, t) in trained.items()})
+    for name, _ in specs:
+        cfg = cfgs[name]
         t0 = time.perf_counter()
         xe = data.to_float(x_eval, cfg.likelihood, cfg.dtype)
         meta = dict(split="test", dataset=dataset, checkpoint=name)
         chunk = min(b["chunk"], evaluate.decoder_chunk(None, cfg))     # conv decoders: memory
         results = gaps.collect(params_of[name], cfg, xe, os.path.join(out, "results", f"{name}.h5"),
                                b["k"], chunk, ais.Settings(**b["ais"]), b["ais_block"],
-                               qstar, b["localopt"], seed, meta, progress=True)
+                               qstar, b["localopt"], seed, meta, progress=True, runner=runner)
         timings[f"{name}: bounds"] = time.perf_counter() - t0
         tables[name] = (cfg.q, gaps.gap_table(results, cfg.q))
     write_report(experiment, dataset, budget, out, tables, timings, seed)
@@ -219,7 +241,7 @@ def write_report(experiment, dataset, budget, out, tables, timings, seed, figure
                 f.write(content)
 
 
-def run(experiment, dataset, budget, out, seed=0, log=print):
+def run(experiment, dataset, budget, out, seed=0, log=print, runner=None):
     if budget not in BUDGETS:
         raise MinivaeError(f"unknown budget {budget!r}: choose smoke, cpu or paper")
     if dataset not in ("mnist", "fashion", "cifar10"):
@@ -235,4 +257,4 @@ def run(experiment, dataset, budget, out, seed=0, log=print):
     if experiment == "fig3":
         from .figures import run_fig3
         return run_fig3(dataset, budget, out, seed, log)
-    return run_table(experiment, dataset, budget, out, seed, log)
+    return run_table(experiment, dataset, budget, out, seed, log, runner)
