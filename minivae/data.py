@@ -28,7 +28,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from minivae.errors import DataError
+from minivae.io import atomic_path
 
 BINARIZE_SEED = 1234
 SPLIT_SEED = 4321
@@ -259,22 +259,17 @@ def _download(rel, dest):
     sub, _, fname = rel.rpartition("/")
     failures = []
     for base in MIRRORS[sub]:
-        url, tmp = base + fname, None
+        url = base + fname
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{fname}.", suffix=".part")
-            with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as r:
-                shutil.copyfileobj(r, f)
-            if (got := hashlib.md5(Path(tmp).read_bytes()).hexdigest()) != MD5[rel]:
-                failures.append(f"{url}: md5 {got} != expected {MD5[rel]}")
-                continue
-            os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:            # the umask's permissions, no partial file left
+                with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as r:
+                    shutil.copyfileobj(r, f)
+                if (got := hashlib.md5(Path(tmp).read_bytes()).hexdigest()) != MD5[rel]:
+                    raise ValueError(f"md5 {got} != expected {MD5[rel]}")
             return []
         except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts are OSError
             failures.append(f"{url}: {_one_line(e)}")
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
     return failures
 
 

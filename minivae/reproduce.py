@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from . import data, gaps, io, train
+from . import data, gaps, io, outputs, train
 from .config import Config
 from .errors import MinivaeError
 from .optim import total_epochs
@@ -111,21 +111,22 @@ def model_config(dataset, budget, overrides, seed, experiment):
 def train_or_reuse(path, cfg, x_train, x_valid, init=None, log=print):
     """The trained params at `path`: reused when finished, resumed when not (or when `cfg`
     asks for more epochs of the same model), else trained."""
-    if os.path.exists(path):
-        old_cfg, state = train.load_state(path)
-        if old_cfg.replace(epochs=cfg.epochs) != cfg or state["epoch"] > total_epochs(cfg):
-            raise MinivaeError(f"{path} was trained with other settings than this run asks for: "
-                               "pass another --out, or delete it to retrain")
-        if state["epoch"] >= total_epochs(cfg):
-            log(f"reusing {path} ({state['epoch']} epochs)")
-            return state["params"], 0.0
-        log(f"resuming {path} at epoch {state['epoch']}")
-    else:
-        state = None
-    t0 = time.perf_counter()
-    xt = x_train[:cfg.train_size] if cfg.train_size else x_train
-    state = train.train(cfg, xt, x_valid, path, state, init=init, progress=True, save_every=5)
-    return state["params"], time.perf_counter() - t0
+    with outputs.claim(path, io.CHECKPOINT_KIND):     # one writer per model file
+        if os.path.exists(path):
+            old_cfg, state = train.load_state(path)
+            if old_cfg.replace(epochs=cfg.epochs) != cfg or state["epoch"] > total_epochs(cfg):
+                raise MinivaeError(f"{path} was trained with other settings than this run asks for: "
+                                   "pass another --out, or delete it to retrain")
+            if state["epoch"] >= total_epochs(cfg):
+                log(f"reusing {path} ({state['epoch']} epochs)")
+                return state["params"], 0.0
+            log(f"resuming {path} at epoch {state['epoch']}")
+        else:
+            state = None
+        t0 = time.perf_counter()
+        xt = x_train[:cfg.train_size] if cfg.train_size else x_train
+        state = train.train(cfg, xt, x_valid, path, state, init=init, progress=True, save_every=5)
+        return state["params"], time.perf_counter() - t0
 
 
 def _train_task(path, cfg, x_train, x_valid, init):

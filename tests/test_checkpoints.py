@@ -54,7 +54,7 @@ COMMANDS = {
     "gaps": ["gaps", "CKPT", "--n", "2", "--k", "4", *AIS, "--qstar", "ffg", "--localopt-block", "2",
              *LOCALOPT, "--out", "out.h5"],
     "sample": ["sample", "CKPT", "--n", "4", "--out", "out.png"],
-    "train": ["train", "--resume", "CKPT", "--out", "out.h5"],
+    "train": ["train", "--resume", "CKPT"],
 }
 
 

@@ -132,7 +132,10 @@ def test_refined_summary_gets_narrow_posteriors_right_where_the_wide_grid_cannot
 
 
 def test_smoke_table2_on_two_workers_equals_the_serial_run(tmp_path):
-    """Issue 13: the models train at once on the cluster, then every stage runs as its tasks."""
+    """Issue 13: the models train at once on the cluster, then every stage runs as its tasks.
+    The smoke models are float32 and a worker trains with one thread where this process may
+    use two, so the last bits of the trained weights may differ: equal to float32 rounding
+    (the bit-for-bit float64 check of the stages on workers is tests/test_cluster.py)."""
     pytest.importorskip("dask.distributed")
     serial, _ = smoke(tmp_path / "s", "table2")
     args = ["reproduce", "table2", "--budget", "smoke", "--out", str(tmp_path / "d"), "--workers", "2"]
@@ -144,4 +147,4 @@ def test_smoke_table2_on_two_workers_equals_the_serial_run(tmp_path):
             a = io.load_results(serial / "results" / f"{name}.h5", stage)[0]
             b = io.load_results(tmp_path / "d" / "results" / f"{name}.h5", stage)[0]
             for k in a:
-                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name} {stage}.{k}")
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5, err_msg=f"{name} {stage}.{k}")
