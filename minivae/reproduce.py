@@ -139,6 +139,7 @@ def train_models(jobs, x_train, x_valid, client=None, log=print):
     if client is None:
         return {name: train_or_reuse(path, cfg, x_train, x_valid, init, log) for name, path, cfg, init in jobs}
     log(f"training {', '.join(j[0] for j in jobs)} at once on the cluster")
+    x_train, x_valid = client.scatter([x_train, x_valid], hash=False)     # sent once, not per model
     futures = {name: client.submit(_train_task, path, cfg, x_train, x_valid, init, pure=False)
                for name, path, cfg, init in jobs}
     return {name: f.result() for name, f in futures.items()}
