@@ -59,9 +59,19 @@ def check_location(path):
         raise OutputError(f"cannot write {path}: {e.strerror or e} (choose another --out)") from None
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
 def check_kind(path, kind):
-    """An existing `path` must be a minivae HDF5 file of `kind` (attribute "kind")."""
+    """An existing `path` must be a minivae HDF5 file of `kind` (attribute "kind"), or for
+    kind "png" a PNG image."""
     if not os.path.exists(path):
+        return
+    if kind == "png":
+        with open(path, "rb") as f:
+            if f.read(8) != PNG_MAGIC:
+                raise OutputError(f"{path} exists and is not a PNG image: minivae will not replace it; "
+                                  "choose another --out or move it away")
         return
     try:
         with h5py.File(path, "r") as f:
