@@ -199,7 +199,7 @@ def localopt_options(f):
 @common
 def localopt(**opts):
     """Fit q* per datapoint (its own ELBO, Adam, paper 6.4) and save L_VAE[q*] (stage localopt_<q>)."""
-    from minivae import localopt as local
+    from minivae.estimators import localopt as local
     check_localopt(opts["max_steps"], opts["check_every"])
     local.run_from_cli(opts)
 
@@ -256,7 +256,7 @@ def ais_options(f):
 @common
 def iwae(**opts):
     """L_VAE[q] and L_IWAE[q] per datapoint from k samples of the model's own q (stage iwae)."""
-    from minivae import iwae as iw
+    from minivae.estimators import iwae as iw
     iw.run_from_cli(opts)
 
 
@@ -273,7 +273,7 @@ def iwae(**opts):
 @common
 def ais(**opts):
     """log p(x) >= AIS from the prior with HMC transitions (paper 6.5; stage ais)."""
-    from minivae import ais as annealing
+    from minivae.estimators import ais as annealing
     annealing.run_from_cli(opts)
 
 
@@ -288,7 +288,7 @@ def ais(**opts):
 def bdmc(**opts):
     """Sandwich log p(x) of data simulated from the model: forward AIS (lower) and reverse AIS
     from the exact posterior sample (upper), Grosse et al. 2015 (stage bdmc)."""
-    from minivae import bdmc as bidirectional
+    from minivae.estimators import bdmc as bidirectional
     bidirectional.run_from_cli(opts)
 
 
@@ -315,7 +315,7 @@ def bdmc(**opts):
 def gaps(**opts):
     """The inference-gap table (paper Table 2): log p^(x) = max(IWAE, AIS) per datapoint, L[q*_Flow],
     L[q*_FFG], L[q], approximation, amortization, inference; --block is AIS's block."""
-    from minivae import gaps as gap
+    from minivae.estimators import gaps as gap
     check_localopt(opts["max_steps"], opts["check_every"])
     gap.run_from_cli(opts)
 
@@ -335,7 +335,7 @@ def reproduce(experiment, dataset, budget, out, seed, workers, scheduler):
     """Run one of the paper's experiments and write DIR/report.md beside the paper's numbers.
     Reruns reuse finished models and result stages. With --workers/--scheduler (tables), the
     models train at once on the cluster, then every evaluation stage runs there."""
-    from minivae import reproduce as repro
+    from minivae.experiments import reproduce as repro
     from minivae import stages
     with stages.executor(workers, scheduler) as runner:
         repro.run(experiment, dataset, budget, out or f"runs/{experiment}-{dataset}-{budget}", seed,

@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from . import io, model
+from . import io
+from .model import model
 from .backend import device_xp, get_dtype, normal, to_numpy
 from .errors import MinivaeError
 

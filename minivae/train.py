@@ -9,12 +9,13 @@ import time
 
 import numpy as np
 
-from . import data, fastpath, io, model, objectives, outputs
+from . import data, io, outputs
+from .model import fastpath, model, objectives
 from .backend import device_xp, normal, rng_from_state, rng_state, to_numpy
-from .config import Config
+from .model.config import Config
 from .errors import MinivaeError
-from .optim import adam_init, adam_step, entropy_weight, learning_rate, total_epochs
-from .posteriors import get_family
+from .model.optim import adam_init, adam_step, entropy_weight, learning_rate, total_epochs
+from .model.posteriors import get_family
 from .progress import Progress, epoch_line
 
 CURVES = ("epoch", "train_bound", "valid_elbo", "lr", "lam", "seconds")

@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass
 import click
 import numpy as np
 
-from . import evaluate, hmc, model, nn, stages
-from .backend import get_xp, matmul, to_numpy
-from .densities import bernoulli_logits, gaussian_lik
-from .errors import MinivaeError
+from . import evaluate, hmc
+from ..model import model, nn
+from .. import stages
+from ..backend import get_xp, matmul, to_numpy
+from ..model.densities import bernoulli_logits, gaussian_lik
+from ..errors import MinivaeError
 
 FINAL, TUNE, REVERSE, SIMULATE = 0, 1, 2, 3   # noise streams per datapoint
 

@@ -18,9 +18,9 @@ import math
 import click
 import numpy as np
 
-from . import io, outputs, stages
-from .errors import MinivaeError
-from .posteriors import get_family
+from .. import io, outputs, stages
+from ..errors import MinivaeError
+from ..model.posteriors import get_family
 
 LABELS = dict(logp="log p^(x)", qstar_flow="L_VAE[q*_Flow]", qstar_ffg="L_VAE[q*_FFG]",
               qstar_fullcov="L_VAE[q*_FullCov]", elbo="L_VAE[q]",

@@ -13,10 +13,12 @@ import time
 import click
 import numpy as np
 
-from . import evaluate, model, stages
-from .backend import get_xp, to_numpy
-from .objectives import log_weights
-from .posteriors import get_family
+from . import evaluate
+from ..model import model
+from .. import stages
+from ..backend import get_xp, to_numpy
+from ..model.objectives import log_weights
+from ..model.posteriors import get_family
 
 
 def lse_update(m, s, a):

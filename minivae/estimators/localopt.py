@@ -10,12 +10,13 @@ and its parameters are never written again. Blocks are saved as they finish, so 
 """
 import numpy as np
 
-from . import fastpath, model, stages
-from .backend import get_xp, to_numpy
-from .errors import MinivaeError
-from .objectives import log_weights
-from .optim import batched_adam_init, batched_adam_step
-from .posteriors import get_family
+from ..model import fastpath, model
+from .. import stages
+from ..backend import get_xp, to_numpy
+from ..errors import MinivaeError
+from ..model.objectives import log_weights
+from ..model.optim import batched_adam_init, batched_adam_step
+from ..model.posteriors import get_family
 
 DEFAULTS = dict(init="prior", max_steps=20000, samples=100, lr=1e-3, check_every=100, patience=10,
                 final_samples=5000, block=100, seed=0)

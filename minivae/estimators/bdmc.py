@@ -12,12 +12,14 @@ from dataclasses import asdict
 import click
 import numpy as np
 
-from . import evaluate, model, stages
+from . import evaluate
+from ..model import model
+from .. import stages
 from .ais import (REVERSE, SIMULATE, Settings, anneal, check_settings, forward, likelihood_target, schedule,
                   summarize)
-from .stages import streams
-from .backend import get_xp
-from .errors import MinivaeError
+from ..stages import streams
+from ..backend import get_xp
+from ..errors import MinivaeError
 
 
 def simulate(params, cfg, index, seed=0, xp=np):
