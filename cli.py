@@ -1,4 +1,5 @@
-"""`minivae`: the command line. It only parses options and calls the library."""
+"""`minivae`: the command line. It only parses options, then calls minivae.commands (imported
+inside each command, after --threads has sized the thread pools)."""
 import math
 import os
 import signal
@@ -148,10 +149,10 @@ def common(f):
 def train(ctx, **opts):
     """Train a VAE (paper defaults: latent 50, 784-200-200-100 encoder, 50-200-200-784 decoder, ELU).
     The same command again on the same --out continues it; changed settings are refused."""
-    from minivae import train as training
+    from minivae import commands
     given = {name for name in opts if ctx.get_parameter_source(name) not in
              (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
-    training.run_from_cli(opts, given)
+    commands.train(opts, given)
 
 
 def where_to_run(f):
@@ -199,9 +200,9 @@ def localopt_options(f):
 @common
 def localopt(**opts):
     """Fit q* per datapoint (its own ELBO, Adam, paper 6.4) and save L_VAE[q*] (stage localopt_<q>)."""
-    from minivae import localopt as local
+    from minivae import commands
     check_localopt(opts["max_steps"], opts["check_every"])
-    local.run_from_cli(opts)
+    commands.localopt(opts)
 
 
 @main.command()
@@ -211,8 +212,8 @@ def localopt(**opts):
 @common
 def sample(**opts):
     """Decode z ~ N(0, I) and save the decoder's means as an image grid (needs the plot extra)."""
-    from minivae import sample as sampling
-    sampling.run_from_cli(opts)
+    from minivae import commands
+    commands.sample(opts)
 
 
 def ais_options(f):
@@ -256,8 +257,8 @@ def ais_options(f):
 @common
 def iwae(**opts):
     """L_VAE[q] and L_IWAE[q] per datapoint from k samples of the model's own q (stage iwae)."""
-    from minivae import iwae as iw
-    iw.run_from_cli(opts)
+    from minivae import commands
+    commands.iwae(opts)
 
 
 @main.command()
@@ -273,8 +274,8 @@ def iwae(**opts):
 @common
 def ais(**opts):
     """log p(x) >= AIS from the prior with HMC transitions (paper 6.5; stage ais)."""
-    from minivae import ais as annealing
-    annealing.run_from_cli(opts)
+    from minivae import commands
+    commands.ais(opts)
 
 
 @main.command()
@@ -288,8 +289,8 @@ def ais(**opts):
 def bdmc(**opts):
     """Sandwich log p(x) of data simulated from the model: forward AIS (lower) and reverse AIS
     from the exact posterior sample (upper), Grosse et al. 2015 (stage bdmc)."""
-    from minivae import bdmc as bidirectional
-    bidirectional.run_from_cli(opts)
+    from minivae import commands
+    commands.bdmc(opts)
 
 
 @main.command()
@@ -315,9 +316,9 @@ def bdmc(**opts):
 def gaps(**opts):
     """The inference-gap table (paper Table 2): log p^(x) = max(IWAE, AIS) per datapoint, L[q*_Flow],
     L[q*_FFG], L[q], approximation, amortization, inference; --block is AIS's block."""
-    from minivae import gaps as gap
+    from minivae import commands
     check_localopt(opts["max_steps"], opts["check_every"])
-    gap.run_from_cli(opts)
+    commands.gaps(opts)
 
 
 @main.command()
@@ -335,11 +336,8 @@ def reproduce(experiment, dataset, budget, out, seed, workers, scheduler):
     """Run one of the paper's experiments and write DIR/report.md beside the paper's numbers.
     Reruns reuse finished models and result stages. With --workers/--scheduler (tables), the
     models train at once on the cluster, then every evaluation stage runs there."""
-    from minivae import reproduce as repro
-    from minivae import stages
-    with stages.executor(workers, scheduler) as runner:
-        repro.run(experiment, dataset, budget, out or f"runs/{experiment}-{dataset}-{budget}", seed,
-                  runner=runner)
+    from minivae import commands
+    commands.reproduce(experiment, dataset, budget, out, seed, workers, scheduler)
 
 
 # -- bring your own VAE (issue 16): import weights trained elsewhere, export a model -----------
@@ -351,8 +349,8 @@ def reproduce(experiment, dataset, budget, out, seed, workers, scheduler):
 @click.option("--out", type=click.Path(dir_okay=False), default="model.h5", help="checkpoint to write")
 def import_(weights, spec, out):
     """Turn WEIGHTS (.safetensors or .npz) of an MLP VAE trained elsewhere into a minivae checkpoint."""
-    from minivae import interop
-    click.echo(interop.import_model(weights, spec, out))
+    from minivae import commands
+    click.echo(commands.import_model(weights, spec, out))
 
 
 @main.command("export")
@@ -363,8 +361,8 @@ def import_(weights, spec, out):
               help="weights as (out, in) like nn.Linear, or minivae's (in, out)")
 def export(ckpt, out, layout):
     """Write a minivae MLP checkpoint as safetensors plus a spec that `minivae import` reads back exactly."""
-    from minivae import export as exporting
-    click.echo(exporting.export_model(ckpt, out, layout))
+    from minivae import commands
+    click.echo(commands.export(ckpt, out, layout))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ common.early_threads()
 
 import numpy as np  # noqa: E402
 
-from minivae import ais, hmc  # noqa: E402
+from minivae.estimators import ais, hmc  # noqa: E402
 from minivae.backend import device_xp  # noqa: E402
 
 FLOP = common.flop_per_decoder_grad(1)      # one row's forward + backward to z

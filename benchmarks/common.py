@@ -125,7 +125,7 @@ def time_repeats(fn, repeats, warmup=1, sync=None):
 
 def paper_config(q="ffg", **kw):
     """minivae's Config for the benchmark model (imports minivae lazily)."""
-    from minivae.config import Config
+    from minivae.model.config import Config
     return Config(q=q, latent=LATENT, enc_hidden=HIDDEN, enc_layers=2, dec_hidden=HIDDEN,
                   dec_layers=2, act="elu", batch=BATCH, objective="elbo", k=1,
                   schedule="plain", epochs=1, lr=1e-3, warmup_epochs=0, dtype="float32", **kw)
@@ -134,7 +134,7 @@ def paper_config(q="ffg", **kw):
 def init_weights(seed=0, q="ffg"):
     """minivae's initial parameters for the paper model: {key: float32 array}."""
     import numpy as np
-    from minivae import model
+    from minivae.model import model
     return model.init_params(paper_config(q), np.random.default_rng(seed))
 
 

@@ -51,12 +51,12 @@ CHECK_RTOL = 1e-3
 # ---- minivae's side of (b), (c) and the matmul peak --------------------------------------------
 
 def ais_library(params, cfg, x, chains, impl):
-    """The library's AIS inner loop: minivae.hmc.hmc_transition on minivae.ais.likelihood_target
+    """The library's AIS inner loop: minivae.estimators.hmc.hmc_transition on minivae.estimators.ais.likelihood_target
     (x once per datapoint, rows datapoint-major). impl="auto": the fused kernels with
     preallocated buffers (state updated in place); "ref": the NumPy reference. None where the
     checkout lacks them (or the fused form, for "auto")."""
     try:
-        from minivae import ais, hmc
+        from minivae.estimators import ais, hmc
         target = ais.likelihood_target(params, cfg, np.ascontiguousarray(x[::chains]), chains, impl)
     except (ImportError, TypeError):
         return None
@@ -76,8 +76,8 @@ def ais_library(params, cfg, x, chains, impl):
 
 def ais_plain(params, cfg, x):
     """Plain NumPy HMC on model.log_joint: the fallback, and the baseline the library beats."""
-    from minivae import model
-    from minivae.densities import log_std_normal
+    from minivae.model import model
+    from minivae.model.densities import log_std_normal
 
     def start(z, beta):
         return target(z)
@@ -110,9 +110,9 @@ def minivae_ais(weights, args):
     R = len(x)
     beta, L = np.float32(common.AIS_BETA), common.AIS_LEAPFROG
     log2pi = z0.shape[-1] * np.log(2 * np.pi)
-    impls = [("minivae.hmc fused: kernels.decoder_grad+leapfrog+hmc_accept",
+    impls = [("minivae.estimators.hmc fused: kernels.decoder_grad+leapfrog+hmc_accept",
               ais_library(weights, cfg, x, args.ais_chains, "auto")),
-             ("minivae.hmc reference: numpy ais.likelihood_target",
+             ("minivae.estimators.hmc reference: numpy ais.likelihood_target",
               ais_library(weights, cfg, x, args.ais_chains, "ref")),
              ("numpy+model.log_joint", ais_plain(weights, cfg, x))]
     for impl, fns in impls:
@@ -120,7 +120,7 @@ def minivae_ais(weights, args):
             common.skipped("ais_leapfrog", "not present in this checkout", side="minivae", impl=impl)
             continue
         rng = np.random.default_rng(0)
-        step = np.full(R, common.AIS_STEP, np.float32)   # per-row step sizes, as minivae.ais
+        step = np.full(R, common.AIS_STEP, np.float32)   # per-row step sizes, as minivae.estimators.ais
         start, transition = fns
         ll, gll = start(z0.copy(), beta)
         logp0 = -0.5 * ((z0 * z0).sum(-1) + log2pi) + beta * ll
@@ -150,12 +150,12 @@ def minivae_qstar(weights, args):
       fastpath.QStarFFG+batched_adam_step               that loop's step alone
       objectives.log_weights+batched_adam_step [ref]    the NumPy reference step
     Each step line carries grad_check_rel: its d ELBO / d h against the reference's."""
-    from minivae import fastpath
+    from minivae.model import fastpath
     from minivae.backend import normal
-    from minivae.localopt import fit_local
-    from minivae.objectives import log_weights
-    from minivae.optim import batched_adam_init, batched_adam_step
-    from minivae.posteriors import get_family
+    from minivae.estimators.localopt import fit_local
+    from minivae.model.objectives import log_weights
+    from minivae.model.optim import batched_adam_init, batched_adam_step
+    from minivae.model.posteriors import get_family
     cfg = common.paper_config()
     family = get_family(cfg)
     x, eps_check = common.qstar_inputs(args.q_data, args.q_samples)
@@ -180,7 +180,7 @@ def minivae_qstar(weights, args):
     for impl, grad, adam_impl in (("fastpath.QStarFFG+batched_adam_step", fast_grad, "auto"),
                                   ("objectives.log_weights+batched_adam_step [ref]",
                                    reference_grad, "ref")):
-        # the inner loop of minivae.localopt.fit_local, without its convergence bookkeeping
+        # the inner loop of minivae.estimators.localopt.fit_local, without its convergence bookkeeping
         rng = np.random.default_rng(0)
         h = h0.copy()
         state = batched_adam_init({"h": h}, N)

@@ -17,11 +17,12 @@ common.early_threads()
 
 import numpy as np  # noqa: E402
 
-from minivae import data, model, objectives  # noqa: E402
+from minivae import data  # noqa: E402
+from minivae.model import model, objectives  # noqa: E402
 from minivae.backend import device_xp  # noqa: E402
-from minivae.config import Config  # noqa: E402
-from minivae.optim import adam_init, adam_step  # noqa: E402
-from minivae.posteriors import get_family  # noqa: E402
+from minivae.model.config import Config  # noqa: E402
+from minivae.model.optim import adam_init, adam_step  # noqa: E402
+from minivae.model.posteriors import get_family  # noqa: E402
 
 
 def main():

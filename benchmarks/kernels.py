@@ -5,8 +5,8 @@ One JSON line per measurement (benchmarks/common.py's `emit`, with the load aver
   kernel         each kernel at AIS sizes (rows = datapoints x chains): seconds per call
                  (median; best too), GB/s of the bytes it must move, speedup over `name_ref`
   decoder_grad   one gradient of log p(z) + beta log p(x|z) wrt z through 50-200-200-784:
-                 numpy      minivae.model.log_joint (the library path, allocating)
-                 ais_numpy  minivae.ais.likelihood_target (the AIS engineer's NumPy target)
+                 numpy      minivae.model.model.log_joint (the library path, allocating)
+                 ais_numpy  minivae.estimators.ais.likelihood_target (the AIS engineer's NumPy target)
                  ref        kernels.decoder_grad with buffers and the NumPy references
                  fused      kernels.decoder_grad with the Numba (or CUDA) kernels
   decoder_part   where the fused gradient's time goes: each matmul and each kernel alone
@@ -45,7 +45,7 @@ early_env(sys.argv[1:])
 import numpy as np  # noqa: E402
 
 from kernels import adam, ais_weights, bernoulli, decoder, elu, leapfrog  # noqa: E402
-from minivae import model  # noqa: E402
+from minivae.model import model  # noqa: E402
 from minivae.backend import device_xp  # noqa: E402
 
 hmc_accept_mod = sys.modules["kernels.hmc_accept"]
@@ -166,7 +166,7 @@ def bench_decoder(args, xp, dt, fast):
              "fused": lambda: decoder.decoder_grad(params, x, z, C, beta, False, buf, impl=fast),
              "fused+ll": lambda: decoder.decoder_grad(params, x, z, C, beta, True, buf, impl=fast)}
     try:
-        from minivae import ais
+        from minivae.estimators import ais
         target = ais.likelihood_target(params, cfg, x, C, impl="ref")
         cases["ais_numpy"] = lambda: target(z, need_value=False)
     except (ImportError, AttributeError):

@@ -1,4 +1,4 @@
-"""Local q* fitting speed: batched ELBO-gradient Adam steps per second (minivae.localopt).
+"""Local q* fitting speed: batched ELBO-gradient Adam steps per second (minivae.estimators.localopt).
 
 100 datapoints x 100 samples on the paper's decoder 50-200-200-784 (ELU, Bernoulli, random
 weights), float32, FFG and Flow q* (Flow: every net per datapoint). What is timed is
@@ -25,9 +25,9 @@ common.early_threads()
 
 import numpy as np  # noqa: E402
 
-from minivae import localopt  # noqa: E402
+from minivae.estimators import localopt  # noqa: E402
 from minivae.backend import device_xp, to_numpy  # noqa: E402
-from minivae.posteriors import get_family  # noqa: E402
+from minivae.model.posteriors import get_family  # noqa: E402
 
 N, S = 100, 100
 

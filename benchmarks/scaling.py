@@ -29,7 +29,8 @@ WAYS = ("threads1", "threads2", "workers1", "workers2")
 def workload(name, args):
     """(n datapoints, block, fn, shared, settings) of one workload, and a tiny warm-up twin."""
     import numpy as np
-    from minivae import ais, data, iwae, localopt
+    from minivae.estimators import ais, iwae, localopt
+    from minivae import data
     cfg = common.paper_config()
     params = common.init_weights()
     x = data.to_float(data.load("mnist", "train")[:200], "bernoulli", np.float32)

@@ -30,10 +30,11 @@ def make_step(cfg, x_train, xp, seed=0, impl="auto", weights=None):
     """State and a `step(b, perm)` closure doing exactly one iteration of minivae.train's loop
     (train.training_step: the fused fastpath.TrainStep where it applies; impl="ref" forces
     the reference objectives.bound_and_grads + optim.adam_step)."""
-    from minivae import fastpath, model, train
+    from minivae.model import fastpath, model
+    from minivae import train
     from minivae.backend import normal
-    from minivae.optim import adam_init
-    from minivae.posteriors import get_family
+    from minivae.model.optim import adam_init
+    from minivae.model.posteriors import get_family
 
     family = get_family(cfg)
     rng = np.random.default_rng(seed)
@@ -58,9 +59,9 @@ def make_step(cfg, x_train, xp, seed=0, impl="auto", weights=None):
 def check_values(params, cfg, xp):
     """The bound and the norm of its gradient on the fixed check batch, at the initial weights:
     the peers report the same two numbers, so compare.py can tell they run the same model."""
-    from minivae import objectives
+    from minivae.model import objectives
     from minivae.backend import to_numpy
-    from minivae.posteriors import get_family
+    from minivae.model.posteriors import get_family
     x, eps = common.check_batch()
     value, grads = objectives.bound_and_grads(params, cfg, get_family(cfg), xp.asarray(x),
                                               xp.asarray(eps[:, None, :]))

@@ -1,4 +1,4 @@
-"""Batched Adam (ascent), one optimiser state per row: minivae.optim.batched_adam_step on a
+"""Batched Adam (ascent), one optimiser state per row: minivae.model.optim.batched_adam_step on a
 flat (N, P) parameter block. Rows with active[n] == False are not touched at all.
 
     t += 1;  c2 = sqrt(1 - b2^t);  step = lr c2 / (1 - b1^t)          (active rows)

@@ -1,5 +1,5 @@
 """Adam (ascent) elementwise, with the step size and eps_hat precomputed by the caller from
-the step count t, exactly as minivae.optim does (module docstring there):
+the step count t, exactly as minivae.model.optim does (module docstring there):
 
     step = lr sqrt(1 - b2^t) / (1 - b1^t);  eps_hat = eps sqrt(1 - b2^t)
     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p += step m / (sqrt(v) + eps_hat)
@@ -19,7 +19,7 @@ import math
 from numba import cuda, njit, prange
 
 from minivae.backend import get_xp
-from minivae.optim import adam_update
+from minivae.model.optim import adam_update
 
 from . import _dispatch as dp
 from ._threads import run_cpu

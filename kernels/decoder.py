@@ -7,7 +7,7 @@ between them. Rows are datapoints x chains, datapoint-major; x is given once per
     grad_ll = dh_0 = grad_z log p(x | z)
     grad_z = beta grad_ll - z = grad_z log f,   log f = log N(z; 0, I) + beta log p(x | z)
 
-minivae.hmc's `target(z, need_value) -> (ll, grad ll)` is `decoder_grad(...)[1]` with
+minivae.estimators.hmc's `target(z, need_value) -> (ll, grad ll)` is `decoder_grad(...)[1]` with
 `buffers.grad_ll` (chains=1 when x is already one row per chain).
 """
 from minivae.backend import get_xp

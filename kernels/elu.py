@@ -2,7 +2,7 @@
 
     s = a + b                        a: (R, H) = h W (no bias), b: (H,)
     y = s if s > 0 else expm1(s)
-    dy_da = 1 if s > 0 else exp(s)  (ELU'(s): minivae.nn.elu's y + 1, without its cancellation)
+    dy_da = 1 if s > 0 else exp(s)  (ELU'(s): minivae.model.nn.elu's y + 1, without its cancellation)
     out = dy * dy_da                 (elu_backward)
 
 Outputs may alias inputs (y may be a; out may be dy).

@@ -1,5 +1,5 @@
 """Metropolis accept/reject at the end of an HMC trajectory, one decision per row, on the
-annealed VAE target of minivae.hmc (l = log p(x|z), the decoder's log-likelihood):
+annealed VAE target of minivae.estimators.hmc (l = log p(x|z), the decoder's log-likelihood):
 
     log f(z) = -|z|^2 / 2 + beta l(z);   dH = (log f(z_new) - |p_new|^2/2) - (log f(z) - |p0|^2/2)
     valid  = dH and grad l(z_new) finite                (nonfinite[r] = not valid)
@@ -7,7 +7,7 @@ annealed VAE target of minivae.hmc (l = log p(x|z), the decoder's log-likelihood
     accepted rows: z, l, grad l <- z_new, l_new, grad l_new (in place); accepted[r] = accept
     adapt:  step[r] *= up if accept else down,  up = exp(GAIN (1 - target)), down = exp(-GAIN target)
 
-This is minivae.hmc.hmc_transition's accept and adapt_step, term for term (the factors are
+This is minivae.estimators.hmc.hmc_transition's accept and adapt_step, term for term (the factors are
 computed once, in float64, and rounded to the step's dtype), so the fused AIS path and the
 NumPy reference make the same decisions. `grad` is only copied: pass whatever (R, Z) array must
 follow z. No fastmath here: it would let LLVM assume the NaN and inf tests away.
@@ -22,7 +22,7 @@ from minivae.backend import get_xp
 
 from . import _dispatch as dp
 
-GAIN = 0.05  # minivae.hmc.adapt_step's rate
+GAIN = 0.05  # minivae.estimators.hmc.adapt_step's rate
 
 
 def _factors(target_accept):

@@ -1,5 +1,5 @@
 """The reparameterised FFG posterior of a row block, forward and backward in one pass each
-(minivae.posteriors.FFG.sample with the prior of objectives.log_weights):
+(minivae.model.posteriors.FFG.sample with the prior of objectives.log_weights):
 
     h = [mu, logvar] (B, 2Z), eps (B, K, Z),  std = exp(logvar / 2) (B, Z) from the caller
                                               (xp.exp vectorises; a scalar exp here would not)

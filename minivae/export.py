@@ -13,8 +13,8 @@ import numpy as np
 from . import io
 from .errors import SpecError
 from .interop import FORMAT, LAYOUTS
-from .posteriors import get_family
-from .validate import validate_params
+from .model.posteriors import get_family
+from .model.validate import validate_params
 
 
 def to_spec(params, cfg, layout="pytorch"):

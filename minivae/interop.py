@@ -22,11 +22,12 @@ import os
 
 import numpy as np
 
-from . import data, io, nn
-from .config import Config
+from . import data, io
+from .model import nn
+from .model.config import Config
 from .errors import SpecError
-from .posteriors import get_family
-from .validate import validate_params
+from .model.posteriors import get_family
+from .model.validate import validate_params
 
 FORMAT = "minivae-spec/1"
 LAYOUTS = {"pytorch": "out_in", "out_in": "out_in", "minivae": "in_out", "in_out": "in_out",
@@ -287,7 +288,7 @@ def import_model(weights, spec_path, out):
     """Read WEIGHTS and SPEC, check them, write checkpoint `out`; returns a one-line summary."""
     params, cfg = build(read_spec(spec_path), read_tensors(weights))
     io.save_checkpoint(out, params, cfg)
-    from .model import dec_sizes, enc_sizes
+    from .model.model import dec_sizes, enc_sizes
     enc = "-".join(map(str, enc_sizes(cfg, get_family(cfg).n_out))) if cfg.encoder else "none"
     return (f"imported {weights}: encoder {enc}, decoder {'-'.join(map(str, dec_sizes(cfg)))}, "
             f"q={cfg.q}, {cfg.act}, {cfg.likelihood}, {cfg.dtype} -> {out}")

@@ -14,9 +14,9 @@ import numpy as np
 
 from . import __version__
 from .backend import to_numpy
-from .config import Config
+from .model.config import Config
 from .errors import CheckpointError
-from .validate import validate_checkpoint
+from .model.validate import validate_checkpoint
 
 CHECKPOINT_KIND = "minivae-checkpoint"
 RESULTS_KIND = "minivae-results"

@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from . import io, model
+from . import io
+from .model import model
 from .backend import device_xp, get_dtype, normal, to_numpy
 from .errors import MinivaeError
 
@@ -72,8 +73,3 @@ def run(ckpt, n=64, out="samples.png", seed=0, device="cpu", dtype="float32", zo
     means = decoder_means(params, cfg, n, np.random.default_rng(seed))
     write_png(out, grid(means, channels=channels), zoom)
     return means
-
-
-def run_from_cli(opts):
-    run(opts["ckpt"], opts["n"], opts["out"], opts["seed"], opts["device"], opts["dtype"])
-    print(f"{opts['n']} samples from {opts['ckpt']} -> {opts['out']}")

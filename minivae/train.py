@@ -9,12 +9,13 @@ import time
 
 import numpy as np
 
-from . import data, fastpath, io, model, objectives, outputs
-from .backend import device_xp, normal, rng_from_state, rng_state, to_numpy
-from .config import Config
+from . import data, io
+from .model import fastpath, model, objectives
+from .backend import normal, rng_from_state, rng_state, to_numpy
+from .model.config import Config
 from .errors import MinivaeError
-from .optim import adam_init, adam_step, entropy_weight, learning_rate, total_epochs
-from .posteriors import get_family
+from .model.optim import adam_init, adam_step, entropy_weight, learning_rate, total_epochs
+from .model.posteriors import get_family
 from .progress import Progress, epoch_line
 
 CURVES = ("epoch", "train_bound", "valid_elbo", "lr", "lam", "seconds")
@@ -221,49 +222,3 @@ def training_data(cfg, data_dir=None):
     elif cfg.train_split != "train":
         raise MinivaeError(f"unknown training split {cfg.train_split!r}: choose train or train+valid")
     return (x_train[:cfg.train_size] if cfg.train_size else x_train), x_valid
-
-
-def run_from_cli(opts, given=None):
-    """`minivae train`: a new run, or the same command again on the same --out continues it.
-    given: names of the options given on the command line (None: all of them); they must agree
-    with an existing checkpoint's config, except a larger --epochs with --extend."""
-    given = set(opts if given is None else given)
-    xp = device_xp(opts["device"])
-    asked = config_from_options(opts)
-    out = opts["out"]
-    if opts.get("resume"):
-        out = opts["resume"]
-        if "out" in given and os.path.abspath(opts["out"]) != os.path.abspath(out):
-            raise MinivaeError(f"--resume {out} continues that checkpoint in place, not into --out "
-                               f"{opts['out']}: drop one of them (copy the file first to continue a copy)")
-        if not os.path.exists(out):
-            raise MinivaeError(f"checkpoint {out} does not exist: check the path, or drop --resume "
-                               "to start a new run with --out")
-    with outputs.claim(out, io.CHECKPOINT_KIND):        # held for the whole run, before any compute
-        if os.path.exists(out):
-            stored, state = load_state(out, xp)
-            cfg = settings_to_continue(out, stored, asked, given, opts.get("extend", False))
-            if state["epoch"] >= total_epochs(cfg):
-                more = " (--epochs N --extend trains more)" if cfg.schedule == "plain" else ""
-                print(f"{out} is already complete ({state['epoch']} of {total_epochs(cfg)} epochs): "
-                      f"nothing to do{more}")
-                return
-            print(f"resuming {out} at epoch {state['epoch'] + 1} of {total_epochs(cfg)}")
-        else:
-            cfg, state = asked, None
-        if cfg.train_split == "train+valid":
-            print("training on train+valid: the validation ELBO is not held out")
-        get_family(cfg)  # fail early on an unsupported family
-        model.check_arch(cfg)  # or an arch without the dataset's likelihood
-        try:
-            x_train, x_valid = training_data(cfg, opts["data_dir"])
-            cfg = cfg.replace(data_dim=x_train.shape[1])
-            state = train(cfg, x_train, x_valid, out, state, xp, opts["save_every"])
-        except KeyboardInterrupt as e:                 # the same type: SIGTERM stays SIGTERM
-            done = saved_epoch(out)
-            saved = f"{out} holds {done} finished epochs" if done else "no epoch was saved yet"
-            raise type(e)(f"{saved}; the same command run again continues from epoch {done + 1}") from None
-    x_test = data.load(cfg.dataset, "test", opts["data_dir"])
-    test = evaluate_elbo(state["params"], cfg, x_test, seed=[cfg.seed, 10**6], xp=xp)
-    print(f"done: {state['epoch']} epochs, test ELBO {test.mean():.3f} "
-          f"(1 sample per image, {len(test)} images); checkpoint {out}")

@@ -48,8 +48,9 @@ def run_cli(args):
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     """A small untrained checkpoint for the embedded MNIST (latent 2, one hidden layer each)."""
-    from minivae import io, model
-    from minivae.config import Config
+    from minivae import io
+    from minivae.model import model
+    from minivae.model.config import Config
     cfg = Config(latent=2, enc_hidden=8, dec_hidden=8, enc_layers=1, dec_layers=1, dtype="float32")
     path = tmp_path_factory.mktemp("ck") / "tiny.h5"
     io.save_checkpoint(path, model.init_params(cfg, np.random.default_rng(0)), cfg)

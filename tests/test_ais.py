@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 
 import cli
-from minivae import ais, evaluate, hmc, io, lingauss, model, stages
-from minivae.config import Config
-from minivae.densities import softplus
+from minivae.estimators import ais, evaluate, hmc
+from minivae import io, stages
+from minivae.testing import lingauss
+from minivae.model import model
+from minivae.model.config import Config
+from minivae.model.densities import softplus
 from minivae.errors import CheckpointError, MinivaeError
 from conftest import interrupt_after, run_cli
 

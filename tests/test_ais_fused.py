@@ -9,8 +9,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from minivae import ais, bdmc, hmc, lingauss, model, stages
-from minivae.config import Config
+from minivae.estimators import ais, bdmc, hmc
+from minivae.testing import lingauss
+from minivae.model import model
+from minivae import stages
+from minivae.model.config import Config
 
 from test_ais import grid_log_px
 

@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
 
-from minivae import ais, bdmc, io, lingauss, model
-from minivae.config import Config
+from minivae.estimators import ais, bdmc
+from minivae import io
+from minivae.testing import lingauss
+from minivae.model import model
+from minivae.model.config import Config
 from conftest import run_cli
 
 

@@ -10,9 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
-from minivae import io, model, optim, reproduce, train
+from minivae import io, train
+from minivae.model import model, optim
+from minivae.experiments import reproduce
 from minivae.backend import rng_state
-from minivae.config import Config
+from minivae.model.config import Config
 from minivae.errors import CheckpointError
 from conftest import run_cli
 

@@ -8,8 +8,9 @@ import pytest
 
 import cli
 from conftest import run_cli
-from minivae import bdmc, data, io, train
-from minivae.densities import discretized_logistic
+from minivae.estimators import bdmc
+from minivae import data, io, train
+from minivae.model.densities import discretized_logistic
 
 
 def default_train_options(**given):
@@ -88,7 +89,7 @@ def test_every_command_runs_on_cifar(tmp_path, cifar, monkeypatch):
 def test_a_config_from_before_arch_loads_as_the_mlp_model():
     import json
 
-    from minivae.config import Config
+    from minivae.model.config import Config
     old = json.loads(Config().to_json())
     del old["arch"]
     cfg = Config.from_json(json.dumps(old))
@@ -106,7 +107,7 @@ def test_colour_grid_puts_channels_last():
 
 def test_reproduce_table2_on_cifar_smoke(tmp_path, monkeypatch):
     from conftest import CIFAR_NAMES, cifar_batch, write_cifar_tar
-    from minivae import reproduce
+    from minivae.experiments import reproduce
     monkeypatch.setattr(data, "CIFAR_VALID_SIZE", 5)
     write_cifar_tar(tmp_path / data.CIFAR_TAR, {n: cifar_batch(i, 30) for i, n in enumerate(CIFAR_NAMES)})
     trust_synthetic_cifar(tmp_path, monkeypatch)                # 145 training images: one batch

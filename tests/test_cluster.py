@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from minivae import ais, io, lingauss, localopt, stages
+from minivae.estimators import ais, localopt
+from minivae import io, stages
+from minivae.testing import lingauss
 
 pytest.importorskip("dask.distributed")
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from minivae import conv
-from minivae.gradcheck import check_each
+from minivae.model import conv
+from minivae.testing.gradcheck import check_each
 
 # (kernel, stride, pad, H): the paper's 4x4 / 2 / 1, and others to keep the code general
 CASES = [(4, 2, 1, 8), (3, 1, 1, 5), (3, 2, 0, 7), (2, 2, 0, 4)]

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from minivae import model, objectives
-from minivae.config import Config
+from minivae.model import model, objectives
+from minivae.model.config import Config
 from minivae.errors import MinivaeError
-from minivae.gradcheck import check_each, check_grads
-from minivae.posteriors import get_family
+from minivae.testing.gradcheck import check_each, check_grads
+from minivae.model.posteriors import get_family
 
 
 def conv_model(q="ffg", side=8, seed=0):

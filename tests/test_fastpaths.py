@@ -1,13 +1,15 @@
-"""The fused fast paths (minivae.fastpath, localopt's q*_FFG, train.training_step) equal the
+"""The fused fast paths (minivae.model.fastpath, localopt's q*_FFG, train.training_step) equal the
 reference layer code, which the FD tests check: float64, tight tolerances, same noise."""
 import numpy as np
 import pytest
 
-from minivae import fastpath, io, localopt, model, nn, objectives, optim, train
-from minivae.config import Config
-from minivae.flow import Flow
-from minivae.gradcheck import check_each, check_grads
-from minivae.posteriors import get_family
+from minivae.model import fastpath, model, nn, objectives, optim
+from minivae import io, train
+from minivae.estimators import localopt
+from minivae.model.config import Config
+from minivae.model.flow import Flow
+from minivae.testing.gradcheck import check_each, check_grads
+from minivae.model.posteriors import get_family
 
 pytestmark = pytest.mark.skipif(fastpath.kernels() is None, reason="kernels/ cannot be loaded")
 

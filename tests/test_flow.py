@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from minivae import lingauss, model, objectives, optim
-from minivae.densities import log_diag_normal
-from minivae.flow import Flow, positive_scale
-from minivae.gradcheck import check_each, check_grads
-from minivae.posteriors import get_family
+from minivae.testing import lingauss
+from minivae.model import model, objectives, optim
+from minivae.model.densities import log_diag_normal
+from minivae.model.flow import Flow, positive_scale
+from minivae.testing.gradcheck import check_each, check_grads
+from minivae.model.posteriors import get_family
 from test_objectives import small_model
 
 

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from minivae import lingauss, objectives, optim
-from minivae.densities import LOG2PI
-from minivae.fullcov import FullCov
-from minivae.gradcheck import check_each
-from minivae.posteriors import get_family
+from minivae.testing import lingauss
+from minivae.model import objectives, optim
+from minivae.model.densities import LOG2PI
+from minivae.model.fullcov import FullCov
+from minivae.testing.gradcheck import check_each
+from minivae.model.posteriors import get_family
 from test_objectives import small_model
 
 

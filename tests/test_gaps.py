@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from minivae import gaps, io, lingauss, model
-from minivae.config import Config
+from minivae.estimators import gaps
+from minivae import io
+from minivae.testing import lingauss
+from minivae.model import model
+from minivae.model.config import Config
 from test_localopt import exact_ffg_elbo
 
 FAKE = dict(iwae=[-90.0, -91.0, -92.0, -88.0], ais=[-89.5, -91.5, -91.0, -88.5],
@@ -160,12 +163,12 @@ def test_cli_gaps_missing_checkpoint(tmp_path):
 
 
 def test_collect_applies_per_family_localopt_settings(monkeypatch):
-    from minivae import gaps, iwae, localopt
+    from minivae.estimators import gaps, iwae, localopt
     seen = {}
     monkeypatch.setattr(iwae, "stage", lambda *a, **k: (np.zeros(2), np.zeros(2)))
     monkeypatch.setattr(localopt, "run", lambda params, cfg, x, q, out, s, meta, progress, runner=None:
                         seen.setdefault(q, s) and {"elbo": np.zeros(2)} or {"elbo": np.zeros(2)})
-    from minivae.config import Config
+    from minivae.model.config import Config
     gaps.collect({}, Config(), np.zeros((2, 3)), "unused.h5", qstar=("ffg", "flow"), seed=3,
                  localopt_settings=dict(samples=100, max_steps=50, flow=dict(samples=20)))
     assert seen["ffg"] == dict(samples=100, max_steps=50, seed=3)

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from minivae import evaluate, interop, io, model
-from minivae.config import Config
+from minivae.estimators import evaluate
+from minivae import interop, io
+from minivae.model import model
+from minivae.model.config import Config
 from minivae.errors import SpecError
-from minivae.objectives import log_weights
-from minivae.posteriors import get_family
+from minivae.model.objectives import log_weights
+from minivae.model.posteriors import get_family
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 

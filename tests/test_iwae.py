@@ -1,10 +1,13 @@
 import numpy as np
 import pytest
 
-from minivae import io, iwae, lingauss, model, objectives
-from minivae.config import Config
+from minivae import io
+from minivae.estimators import iwae
+from minivae.testing import lingauss
+from minivae.model import model, objectives
+from minivae.model.config import Config
 from minivae.errors import MinivaeError
-from minivae.posteriors import get_family
+from minivae.model.posteriors import get_family
 from conftest import interrupt_after, run_cli
 
 
@@ -117,8 +120,8 @@ def test_cli_iwae_on_embedded_mnist(tiny_ckpt, tmp_path):
 
 
 def test_stage_resumes_after_its_last_block_with_the_same_numbers(tmp_path):
-    from minivae import model
-    from minivae.config import Config
+    from minivae.model import model
+    from minivae.model.config import Config
     cfg = Config(latent=3, enc_hidden=16, dec_hidden=16, enc_layers=1, dec_layers=1)
     params = model.init_params(cfg, np.random.default_rng(0))
     x = (np.random.default_rng(1).random((10, 784)) < 0.3).astype(np.float32)
@@ -171,8 +174,8 @@ def test_bounds_on_cupy_arrays_match_the_cpu(q):
 
 
 def test_decoder_chunk_defaults_by_architecture():
-    from minivae import evaluate
-    from minivae.config import Config
+    from minivae.estimators import evaluate
+    from minivae.model.config import Config
     from minivae.errors import MinivaeError
     assert evaluate.decoder_chunk(None, Config()) == 10000
     assert evaluate.decoder_chunk(None, Config(arch="conv")) == 1000    # 65k values per row

@@ -8,9 +8,9 @@ from numba import njit
 
 from kernels import _dispatch, adam, ais_weights, bernoulli, decoder, elu, leapfrog
 from kernels._math import exp_nonpos, expm1_exp_nonpos, log1p_unit
-from minivae import densities, model, nn, optim
-from minivae import hmc as hmc_ref
-from minivae.config import Config
+from minivae.model import densities, model, nn, optim
+from minivae.estimators import hmc as hmc_ref
+from minivae.model.config import Config
 
 hmc_accept = importlib.import_module("kernels.hmc_accept")  # kernels.hmc_accept is the function
 
@@ -223,7 +223,7 @@ def test_ais_log_weight_float64_weights_of_float32_states():
     logw, ll = r.standard_normal(29) * 100, (r.standard_normal(29) * 100).astype(np.float32)
     (w0, *_), (w1, *_) = both(ais_weights.ais_log_weight, logw, ll, 0.013)
     np.testing.assert_array_equal(w1, w0)
-    np.testing.assert_array_equal(w0, logw + 0.013 * ll.astype(np.float64))  # minivae.ais's update
+    np.testing.assert_array_equal(w0, logw + 0.013 * ll.astype(np.float64))  # minivae.estimators.ais's update
 
 
 # --- HMC accept ---------------------------------------------------------------------------------
@@ -355,10 +355,10 @@ def test_decoder_grad_is_log_joint(layers, impl):
 
 
 def test_decoder_grad_is_the_ais_target():
-    # minivae.ais's target(z) -> (log p(x|z), its gradient), with x repeated over chains
-    ais = pytest.importorskip("minivae.ais")
+    # minivae.estimators.ais's target(z) -> (log p(x|z), its gradient), with x repeated over chains
+    ais = pytest.importorskip("minivae.estimators.ais")
     if not hasattr(ais, "likelihood_target"):
-        pytest.skip("minivae.ais has no likelihood_target")
+        pytest.skip("minivae.estimators.ais has no likelihood_target")
     cfg = Config(latent=5, dec_hidden=8, dec_layers=2, data_dim=12, dtype="float64")
     r = rng()
     params = model.init_params(cfg, r)

@@ -20,8 +20,8 @@ if not SIM:
                     allow_module_level=True)
 
 from kernels import _dispatch, adam, ais_weights, bernoulli, decoder, elu, leapfrog  # noqa: E402
-from minivae import densities, model  # noqa: E402
-from minivae.config import Config  # noqa: E402
+from minivae.model import densities, model  # noqa: E402
+from minivae.model.config import Config  # noqa: E402
 
 hmc_accept = importlib.import_module("kernels.hmc_accept")
 

@@ -13,9 +13,9 @@ import pytest
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 from kernels import _dispatch, _threads, adam_dense, reparam, sparse_input  # noqa: E402
-from minivae import objectives, optim  # noqa: E402
-from minivae.config import Config  # noqa: E402
-from minivae.posteriors import get_family  # noqa: E402
+from minivae.model import objectives, optim  # noqa: E402
+from minivae.model.config import Config  # noqa: E402
+from minivae.model.posteriors import get_family  # noqa: E402
 
 DTYPES = [np.float64, np.float32]
 
@@ -194,7 +194,7 @@ def test_ffg_kernels_match_reference(dtype, weighted):
 def test_ffg_reference_is_the_library_log_weights():
     # log w = log p(x|z) + c, and dh from the decoder's weighted dz is log_weights' backward
     cfg = Config(data_dim=8, latent=5, enc_hidden=4, dec_hidden=6, dtype="float64")
-    from minivae import model
+    from minivae.model import model
     r = rng()
     params = model.init_params(cfg, r)
     family = get_family(cfg)

@@ -3,11 +3,14 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import interrupt_after
-from minivae import io, lingauss, localopt, model
-from minivae.config import Config
-from minivae.densities import LOG2PI
+from minivae import io
+from minivae.testing import lingauss
+from minivae.estimators import localopt
+from minivae.model import model
+from minivae.model.config import Config
+from minivae.model.densities import LOG2PI
 from minivae.errors import MinivaeError
-from minivae.posteriors import get_family
+from minivae.model.posteriors import get_family
 
 FAST = dict(samples=100, lr=0.02, check_every=50, patience=5)
 

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 
-from minivae import lingauss, localopt, model, objectives
+from minivae.testing import lingauss
+from minivae.estimators import localopt
+from minivae.model import model, objectives
 from minivae.errors import MinivaeError
-from minivae.posteriors import get_family
+from minivae.model.posteriors import get_family
 
 
 def test_encoder_init_starts_q_star_at_the_encoders_q():

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from minivae.densities import discretized_logistic
-from minivae.gradcheck import check_each
+from minivae.model.densities import discretized_logistic
+from minivae.testing.gradcheck import check_each
 
 
 def pixels(rng, shape):

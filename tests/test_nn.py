@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from minivae import densities, nn
-from minivae.gradcheck import check_each, check_grads
+from minivae.model import densities, nn
+from minivae.testing.gradcheck import check_each, check_grads
 
 
 def rng():

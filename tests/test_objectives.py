@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from minivae import lingauss, model, objectives
-from minivae.config import Config
-from minivae.gradcheck import check_each
-from minivae.posteriors import get_family
+from minivae.testing import lingauss
+from minivae.model import model, objectives
+from minivae.model.config import Config
+from minivae.testing.gradcheck import check_each
+from minivae.model.posteriors import get_family
 
 
 def small_model(q="ffg", likelihood="bernoulli", seed=0):

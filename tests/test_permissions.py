@@ -5,8 +5,9 @@ import stat
 import numpy as np
 import pytest
 
-from minivae import io, model
-from minivae.config import Config
+from minivae import io
+from minivae.model import model
+from minivae.model.config import Config
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from minivae import fig2, reproduce
+from minivae.experiments import fig2, reproduce
 
 
 def test_second_mode_needs_a_dip_between_peaks():
@@ -92,7 +92,7 @@ def test_unknown_budget_is_one_line(tmp_path):
 
 
 def test_best_of_starts_keeps_each_datapoints_best_fit(monkeypatch):
-    from minivae.config import Config
+    from minivae.model.config import Config
     cfg = Config(latent=2)
     x = np.zeros((3, 784), np.float32)
     # start "a" wins datapoint 0 and 2, start "b" datapoint 1; every fit's h records its start
@@ -118,7 +118,7 @@ def test_best_of_starts_keeps_each_datapoints_best_fit(monkeypatch):
 
 
 def test_refined_summary_gets_narrow_posteriors_right_where_the_wide_grid_cannot():
-    from minivae import lingauss
+    from minivae.testing import lingauss
     # posterior std about 0.03: a third of the wide grid's 0.1 spacing
     cfg, params, x = lingauss.make(latent=2, data_dim=30, obs_std=0.5, scale=3.0, n=3)
     exact = lingauss.log_px(params, cfg, x)

@@ -6,8 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from minivae import io, model, sample
-from minivae.config import Config
+from minivae import io, sample
+from minivae.model import model
+from minivae.model.config import Config
 from minivae.errors import MinivaeError
 
 

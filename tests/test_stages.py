@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import interrupt_after, run_cli
-from minivae import ais, bdmc, io, iwae, lingauss, localopt, outputs, stages
+from minivae.estimators import ais, bdmc, iwae, localopt
+from minivae import io, outputs, stages
+from minivae.testing import lingauss
 from minivae.errors import MinivaeError
 
 LOCAL = dict(max_steps=200, samples=6, lr=0.02, check_every=20, patience=2, final_samples=60, seed=4)

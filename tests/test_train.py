@@ -4,8 +4,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from minivae import io, model, optim, train
-from minivae.config import Config
+from minivae import io, train
+from minivae.model import model, optim
+from minivae.model.config import Config
 from minivae.errors import CheckpointError
 
 

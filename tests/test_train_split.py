@@ -8,7 +8,7 @@ import numpy as np
 from conftest import run_cli
 from minivae import data, io
 from minivae import train as training
-from minivae.config import Config
+from minivae.model.config import Config
 
 
 def test_train_plus_valid_appends_the_validation_images():

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from minivae import model
-from minivae.config import Config
+from minivae.model import model
+from minivae.model.config import Config
 from minivae.errors import CheckpointError
-from minivae.validate import validate_params
+from minivae.model.validate import validate_params
 
 
 def make(q="ffg", **kw):

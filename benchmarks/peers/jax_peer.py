@@ -66,7 +66,7 @@ def adam_init(params):
 
 
 def adam_ascent(params, grads, state, lr):
-    """Textbook Adam, ascending: the same update as minivae.optim.adam_step."""
+    """Textbook Adam, ascending: the same update as minivae.model.optim.adam_step."""
     m, v, t = state
     t = t + 1
     m = jax.tree_util.tree_map(lambda m, g: B1 * m + (1 - B1) * g, m, grads)

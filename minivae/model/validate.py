@@ -6,7 +6,7 @@ inside a matrix product, or silently run the wrong model; this names the first m
 import numpy as np
 
 from . import model
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .posteriors import get_family
 
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .backend import get_xp
+from ..backend import get_xp
 
 # The encoder's first product skips the zeros of x below this density (binarized MNIST: 0.13,
 # where skipping costs about 0.45 of a BLAS product; break-even is near 0.3). CPU only.

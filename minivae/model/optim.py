@@ -8,7 +8,7 @@ so that it equals the textbook update exactly).
 import functools
 import math
 
-from .backend import get_xp
+from ..backend import get_xp
 
 
 def adam_init(params):

@@ -18,10 +18,10 @@ import math
 import numpy as np
 
 from . import nn
-from .backend import get_xp
+from ..backend import get_xp
 from .conv import conv2d, deconv2d, init_conv
 from .densities import discretized_logistic
-from .errors import MinivaeError
+from ..errors import MinivaeError
 
 CHANNELS = (64, 128, 256)   # encoder conv outputs; the decoder mirrors them
 SCALE_HIDDEN = (64, 32)     # the log-scale MLP

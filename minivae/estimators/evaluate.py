@@ -4,9 +4,9 @@ import hashlib
 
 import numpy as np
 
-from . import data, io
-from .backend import device_xp, get_dtype
-from .errors import CheckpointError, MinivaeError
+from .. import data, io
+from ..backend import device_xp, get_dtype
+from ..errors import CheckpointError, MinivaeError
 
 
 def load_model(path, device="cpu", dtype="float32"):

@@ -10,10 +10,11 @@ import time
 
 import numpy as np
 
-from . import data, gaps, io, outputs, train
-from .config import Config
-from .errors import MinivaeError
-from .optim import total_epochs
+from .. import data, io, outputs, train
+from ..estimators import gaps
+from ..model.config import Config
+from ..errors import MinivaeError
+from ..model.optim import total_epochs
 from .paper import paper_numbers
 
 EXPERIMENTS = ("table2", "table3", "table4", "table5", "table6", "table10", "fig2", "fig3")
@@ -149,7 +150,7 @@ def run_table(experiment, dataset, budget, out, seed=0, log=print, runner=None):
     """Train the experiment's models, compute their gap tables, write report.md; returns tables.
     runner: a stages runner (minivae.cluster): the models that do not depend on another train
     at once on its cluster, then every evaluation stage runs as its tasks."""
-    from . import ais, evaluate
+    from ..estimators import ais, evaluate
     b = budget_for(budget, dataset)
     specs, qstar = models(experiment)
     x_train, x_valid = data.load(dataset, "train"), data.load(dataset, "valid")

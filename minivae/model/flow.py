@@ -16,7 +16,7 @@ Nets (each Z-H-H-out): q.qv, q.rv (out 2Z), q.s{t}.{s1,m1,s2,m2} (out Z). They a
 import math
 
 from . import fastpath, nn
-from .backend import get_xp
+from ..backend import get_xp
 from .densities import LOG2PI, reparam, softplus
 from .nn import add_grads
 

@@ -8,7 +8,7 @@ Gradients flow to the encoder (through h), the family's nets and the decoder.
 import math
 
 from . import fastpath, model
-from .backend import get_xp
+from ..backend import get_xp
 from .densities import log_std_normal
 from .nn import add_grads
 

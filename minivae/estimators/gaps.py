@@ -15,12 +15,9 @@ import io as _io
 import json
 import math
 
-import click
 import numpy as np
 
-from . import io, outputs, stages
-from .errors import MinivaeError
-from .posteriors import get_family
+from .. import io, outputs
 
 LABELS = dict(logp="log p^(x)", qstar_flow="L_VAE[q*_Flow]", qstar_ffg="L_VAE[q*_FFG]",
               qstar_fullcov="L_VAE[q*_FullCov]", elbo="L_VAE[q]",
@@ -121,43 +118,3 @@ def collect(params, cfg, x, out, k=5000, chunk=10000, ais_settings=None, ais_blo
             s = {**base, **(localopt_settings or {}).get(q, {}), "seed": seed}
             r[f"qstar_{q}"] = localopt.run(params, cfg, x, q, out, s, meta, progress, runner=runner)["elbo"]
     return r
-
-
-def run_from_cli(opts):
-    from . import ais, evaluate, localopt
-    if opts["format"] not in FORMATS:
-        raise MinivaeError(f"unknown --format {opts['format']!r}: choose one of {', '.join(FORMATS)}")
-    evaluate.check_options(n=opts["n"], k=opts["k"])
-    params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
-    chunk = evaluate.decoder_chunk(opts["chunk"], cfg)
-    qstar = [q.strip() for q in opts["qstar"].split(",") if q.strip()]
-    if cfg.q not in qstar:
-        qstar.append(cfg.q)                      # the gaps need q* of the trained family
-    for q in qstar:
-        get_family(cfg.replace(q=q))             # fail early on an unknown family
-    if not cfg.encoder:
-        if opts["no_ais"]:
-            raise MinivaeError("--no-ais: this model was imported without an encoder, so log p^(x) "
-                               "has no L_IWAE[q] and needs AIS; drop --no-ais")
-        if opts["init"] == "encoder":
-            raise MinivaeError("--init encoder needs an encoder, and this model was imported "
-                               "without one: use --init prior")
-        click.echo("note: the model has no encoder: L_VAE[q], L_IWAE[q] and the amortization and "
-                   "inference gaps are n/a", err=True)
-    s = None
-    if not opts["no_ais"]:
-        s = ais.Settings(**{k: opts[k] for k in ais.Settings.__dataclass_fields__})
-        ais.check_settings(s)
-    x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
-    meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)
-    lo = localopt.settings_from_options({**opts, "block": opts["localopt_block"]})
-    with stages.executor(opts["workers"], opts["scheduler"]) as runner:
-        results = collect(params, cfg, x, opts["out"], opts["k"], chunk, s, opts["block"],
-                          qstar, lo, opts["seed"], meta, progress=True, runner=runner)
-    rows = gap_table(results, cfg.q)
-    print(format_rows(rows, opts["format"], cfg.q, dict(split=opts["split"], dataset=cfg.dataset)))
-    for q in qstar:                              # on stderr: stdout stays parseable
-        done = io.load_results(opts["out"], f"localopt_{q}")[0]["converged"][:len(x)]
-        if not done.all():
-            click.echo(f"note: q*_{q} converged by the stopping rule for {int(done.sum())}/{len(done)} "
-                       f"datapoints; the others stopped at --max-steps {opts['max_steps']}", err=True)

@@ -3,7 +3,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from .errors import MinivaeError
+from ..errors import MinivaeError
 
 
 @dataclass

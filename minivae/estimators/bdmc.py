@@ -6,18 +6,18 @@ reverse AIS from that z (beta 1 -> 0) has E w' = 1 / p(x), so -log mean_c w'_c i
 upper bound. The width upper - lower bounds the error of forward AIS with these settings on data
 like this. Datapoint i is simulated from default_rng([seed, i, 3]).
 """
-import time
 from dataclasses import asdict
 
-import click
 import numpy as np
 
-from . import evaluate, model, stages
-from .ais import (REVERSE, SIMULATE, Settings, anneal, check_settings, forward, likelihood_target, schedule,
+from . import evaluate
+from ..model import model
+from .. import stages
+from .ais import (REVERSE, SIMULATE, anneal, check_settings, forward, likelihood_target, schedule,
                   summarize)
-from .stages import streams
-from .backend import get_xp
-from .errors import MinivaeError
+from ..stages import streams
+from ..backend import get_xp
+from ..errors import MinivaeError
 
 
 def simulate(params, cfg, index, seed=0, xp=np):
@@ -91,18 +91,3 @@ def run(params, cfg, n, out, s, seed=0, block=10, meta=None, progress=True, impl
     shared = dict(params=params, cfg=cfg, s=s, seed=seed, impl=impl)
     return stages.run(out, "bdmc", settings, n, block, compute, shared, finite=("lower", "upper"),
                       progress=progress, runner=runner)
-
-
-def run_from_cli(opts):
-    s = Settings(**{k: opts[k] for k in Settings.__dataclass_fields__})
-    check_settings(s)
-    evaluate.check_options(n=opts["n"], block=opts["block"])
-    params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
-    meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]))
-    t0 = time.perf_counter()
-    with stages.executor(opts["workers"], opts["scheduler"]) as runner:
-        r = run(params, cfg, opts["n"], opts["out"], s, opts["seed"], opts["block"], meta, runner=runner)
-    click.echo(f"bdmc: n={len(r['lower'])} chains={s.chains} steps={s.steps} leapfrog={s.leapfrog}  "
-               f"mean lower={r['lower'].mean():.4f}  mean upper={r['upper'].mean():.4f}  "
-               f"mean width={r['width'].mean():.4f}  max width={r['width'].max():.4f}  "
-               f"NaN rejects={int(r['nan'].sum())}  ({time.perf_counter() - t0:.1f}s) -> {opts['out']} [bdmc]")

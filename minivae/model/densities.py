@@ -4,7 +4,7 @@ Every function reduces over the last axis (the event axis) and broadcasts over t
 """
 import math
 
-from .backend import get_xp
+from ..backend import get_xp
 
 LOG2PI = math.log(2 * math.pi)
 

@@ -10,12 +10,12 @@ D: the most bimodal posterior.
 """
 import numpy as np
 
-from . import model
-from .backend import normal, to_numpy
-from .densities import log_diag_normal
-from .localopt import fit_local, local_elbo
-from .objectives import log_weights
-from .posteriors import get_family
+from ..model import model
+from ..backend import normal, to_numpy
+from ..model.densities import log_diag_normal
+from ..estimators.localopt import fit_local, local_elbo
+from ..model.objectives import log_weights
+from ..model.posteriors import get_family
 
 
 def grid_log_joint(params, cfg, x, lo, hi, n=121, chunk=50000, offset=(0.0, 0.0)):
@@ -201,8 +201,8 @@ def _smooth(d, passes=2):
 
 def plot(result, path):
     """The 4 x 4 grid of contour plots, written atomically to `path` (PNG)."""
-    from .io import atomic_path
-    from .plotting import pyplot
+    from ..io import atomic_path
+    from ..plots.plotting import pyplot
     plt = pyplot()
     rows = [("True posterior", "true"), ("Amortized FFG", "amortized"),
             ("Optimal FFG", "optimal_ffg"), ("Optimal Flow", "optimal_flow")]

@@ -10,12 +10,13 @@ and its parameters are never written again. Blocks are saved as they finish, so 
 """
 import numpy as np
 
-from . import fastpath, model, stages
-from .backend import get_xp, to_numpy
-from .errors import MinivaeError
-from .objectives import log_weights
-from .optim import batched_adam_init, batched_adam_step
-from .posteriors import get_family
+from ..model import fastpath, model
+from .. import stages
+from ..backend import get_xp, to_numpy
+from ..errors import MinivaeError
+from ..model.objectives import log_weights
+from ..model.optim import batched_adam_init, batched_adam_step
+from ..model.posteriors import get_family
 
 DEFAULTS = dict(init="prior", max_steps=20000, samples=100, lr=1e-3, check_every=100, patience=10,
                 final_samples=5000, block=100, seed=0)
@@ -204,22 +205,3 @@ def run(params, cfg, x, q, out, settings=None, meta=None, progress=True, runner=
     shared = dict(params=params, cfg=cfg, x=x, q=q, s=s)
     return stages.run(out, f"localopt_{q}", settings, len(x), s["block"], compute, shared,
                       finite=("elbo",), progress=progress, runner=runner, what=f"localopt {q} datapoints")
-
-
-def settings_from_options(opts):
-    return {k: opts[k] for k in DEFAULTS}
-
-
-def run_from_cli(opts):
-    from . import evaluate
-    evaluate.check_options(n=opts["n"])
-    params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
-    get_family(cfg.replace(q=opts["q"]))  # fail early on an unsupported family
-    x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
-    meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)
-    with stages.executor(opts["workers"], opts["scheduler"]) as runner:
-        e = run(params, cfg, x, opts["q"], opts["out"], settings_from_options(opts), meta, runner=runner)
-    se = f" +- {e['elbo'].std(ddof=1) / np.sqrt(len(e['elbo'])):.4f}" if len(e["elbo"]) > 1 else ""
-    print(f"localopt {opts['q']}: n={len(e['elbo'])}  mean L_VAE[q*_{opts['q']}]={e['elbo'].mean():.4f}"
-          f"{se}  converged {int(e['converged'].sum())}/{len(e['elbo'])}, median "
-          f"{int(np.median(e['steps']))} steps -> {opts['out']} [localopt_{opts['q']}]")

@@ -11,9 +11,9 @@ same keys hold one net per datapoint (leading axis N), see `nn.linear`.
 For the flow, `logq` is the bound's `log q(z0, v0) - log|det| - log r(vT|zT)` (paper eq. 14),
 so every family's ELBO is `E[log p(x, z) - logq]`.
 """
-from .backend import get_xp
+from ..backend import get_xp
 from .densities import LOG2PI, reparam
-from .errors import MinivaeError
+from ..errors import MinivaeError
 
 
 class FFG:

@@ -10,9 +10,11 @@ import time
 
 import numpy as np
 
-from . import data, fig2, io, iwae, train
-from .config import Config
-from .plotting import pyplot
+from .. import data, io, train
+from . import fig2
+from ..estimators import iwae
+from ..model.config import Config
+from ..plots.plotting import pyplot
 from .reproduce import BUDGETS, train_or_reuse, write_report
 
 
@@ -51,7 +53,7 @@ def run_fig2(dataset, budget, out, seed=0, log=print):
 
 def curve_points(params, cfg, x, k, ais_settings, seed):
     """Mean L_VAE, L_IWAE (k samples) and AIS over the rows of x."""
-    from . import ais
+    from ..estimators import ais
     xe = x.astype(cfg.dtype)
     index = np.arange(len(x))
     elbo, iw = iwae.bounds(params, cfg, xe, index, k, seed)

@@ -25,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from .backend import get_xp
+from ..backend import get_xp
 
 
 def _col(a, z):

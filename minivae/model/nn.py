@@ -9,7 +9,7 @@ Weights may also carry a leading batch axis, one net per datapoint (`W: (N, in, 
 """
 import numpy as np
 
-from .backend import get_xp, matmul
+from ..backend import get_xp, matmul
 
 
 def add_grads(total, new):

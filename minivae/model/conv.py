@@ -13,7 +13,7 @@ im2col lays the patches out as (C, kh, kw, B, H_out, W_out), so the product is o
 """
 import numpy as np
 
-from .backend import get_xp
+from ..backend import get_xp
 
 
 def out_size(n, k, stride, pad):

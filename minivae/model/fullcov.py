@@ -6,7 +6,7 @@ z = mu + L eps, and at that sample log q = -|eps|^2 / 2 - sum_i log L_ii - Z/2 l
 """
 import numpy as np
 
-from .backend import get_xp
+from ..backend import get_xp
 from .densities import LOG2PI
 
 

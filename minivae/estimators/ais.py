@@ -9,16 +9,16 @@ Datapoints x chains are the rows of one matrix (row = b * C + c), so every leapf
 decoder forward and backward over all of them. Datapoint i draws all its noise from
 default_rng([seed, i, stream]): numbers do not depend on --block, --n or on a resume.
 """
-import time
 from dataclasses import asdict, dataclass
 
-import click
 import numpy as np
 
-from . import evaluate, hmc, model, nn, stages
-from .backend import get_xp, matmul, to_numpy
-from .densities import bernoulli_logits, gaussian_lik
-from .errors import MinivaeError
+from . import evaluate, hmc
+from ..model import model, nn
+from .. import stages
+from ..backend import get_xp, matmul, to_numpy
+from ..model.densities import bernoulli_logits, gaussian_lik
+from ..errors import MinivaeError
 
 FINAL, TUNE, REVERSE, SIMULATE = 0, 1, 2, 3   # noise streams per datapoint
 
@@ -270,20 +270,3 @@ def run(params, cfg, x, out, s, seed=0, block=10, meta=None, progress=True, impl
     shared = dict(params=params, cfg=cfg, x=x, s=s, seed=seed, impl=impl)
     return stages.run(out, "ais", settings, len(x), block, compute, shared, finite=("estimate",),
                       progress=progress, runner=runner)
-
-
-def run_from_cli(opts):
-    s = Settings(**{k: opts[k] for k in Settings.__dataclass_fields__})
-    check_settings(s)
-    evaluate.check_options(n=opts["n"], block=opts["block"])
-    params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
-    x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
-    meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"],
-                dataset=cfg.dataset)
-    t0 = time.perf_counter()
-    with stages.executor(opts["workers"], opts["scheduler"]) as runner:
-        r = run(params, cfg, x, opts["out"], s, opts["seed"], opts["block"], meta, runner=runner)
-    click.echo(f"ais: n={len(r['estimate'])} chains={s.chains} steps={s.steps} leapfrog={s.leapfrog}  "
-               f"mean log p(x) >= {r['estimate'].mean():.4f}  accept={r['accept'].mean():.3f}  "
-               f"min ESS={r['ess'].min():.1f}  NaN rejects={int(r['nan'].sum())}  "
-               f"({time.perf_counter() - t0:.1f}s) -> {opts['out']} [ais]")

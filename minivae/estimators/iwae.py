@@ -8,15 +8,14 @@ Datapoint i draws its noise from default_rng([seed, i]) one chunk after another,
 numbers do not depend on the chunk size or on which datapoints share a call.
 """
 import math
-import time
 
-import click
 import numpy as np
 
-from . import evaluate, model, stages
-from .backend import get_xp, to_numpy
-from .objectives import log_weights
-from .posteriors import get_family
+from ..model import model
+from .. import stages
+from ..backend import get_xp, to_numpy
+from ..model.objectives import log_weights
+from ..model.posteriors import get_family
 
 
 def lse_update(m, s, a):
@@ -78,17 +77,3 @@ def stage(params, cfg, x, out, k=5000, seed=0, chunk=10000, meta=None, progress=
 # Datapoints per saved block: at k = 5000 on one core a block is a few seconds of work, so an
 # interrupted run loses little and the results file is rewritten rarely.
 BLOCK_DATAPOINTS = 50
-
-
-def run_from_cli(opts):
-    evaluate.check_options(k=opts["k"], n=opts["n"])
-    params, cfg, xp = evaluate.load_model(opts["ckpt"], opts["device"], opts["dtype"])
-    model.require_encoder(cfg, "minivae iwae (L_VAE[q], L_IWAE[q])")
-    chunk = evaluate.decoder_chunk(opts["chunk"], cfg)
-    x = evaluate.load_data(cfg, opts["split"], opts["n"], opts["data_dir"], xp)
-    meta = dict(checkpoint=evaluate.file_digest(opts["ckpt"]), split=opts["split"], dataset=cfg.dataset)
-    t0 = time.perf_counter()
-    with stages.executor(opts["workers"], opts["scheduler"]) as runner:
-        elbo, iwae = stage(params, cfg, x, opts["out"], opts["k"], opts["seed"], chunk, meta, runner=runner)
-    click.echo(f"iwae: n={len(x)} k={opts['k']}  mean L_VAE[q]={elbo.mean():.4f}  "
-               f"mean L_IWAE[q]={iwae.mean():.4f}  ({time.perf_counter() - t0:.1f}s) -> {opts['out']} [iwae]")

@@ -1,5 +1,5 @@
 """matplotlib behind the optional `plot` extra, with one clear line when it is missing."""
-from .errors import MinivaeError
+from ..errors import MinivaeError
 
 
 def pyplot():

@@ -6,9 +6,9 @@ CIFAR-10 model of convmodel.py. Posterior family `q.*` for both.
 import numpy as np
 
 from . import convmodel, nn
-from .backend import get_xp
+from ..backend import get_xp
 from .densities import bernoulli_logits, gaussian_lik, log_std_normal
-from .errors import MinivaeError
+from ..errors import MinivaeError
 from .posteriors import get_family
 
 LIKELIHOODS = {"mlp": ("bernoulli", "gaussian"), "conv": ("logistic",)}

@@ -1,0 +1,1 @@
+"""matplotlib behind the optional plot extra."""

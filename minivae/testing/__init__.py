@@ -1,0 +1,1 @@
+"""Test support: the finite-difference gradient check and the linear-Gaussian oracle."""
