@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from . import io
+from . import io, outputs
 from .model import model
 from .backend import device_xp, get_dtype, normal, to_numpy
 from .errors import MinivaeError
@@ -65,11 +65,12 @@ def run(ckpt, n=64, out="samples.png", seed=0, device="cpu", dtype="float32", zo
     if n <= 0:
         raise MinivaeError(f"--n must be positive, got {n}")
     xp = device_xp(device)
-    ck = io.load_checkpoint(ckpt, xp)
-    cfg = ck["config"]
-    channels = 3 if cfg.arch == "conv" else 1
-    image_side(cfg.data_dim, channels)
-    params = {k: v.astype(get_dtype(dtype)) for k, v in ck["params"].items()}
-    means = decoder_means(params, cfg, n, np.random.default_rng(seed))
-    write_png(out, grid(means, channels=channels), zoom)
+    with outputs.claim(out, "png"):                   # never over a checkpoint or another file
+        ck = io.load_checkpoint(ckpt, xp)
+        cfg = ck["config"]
+        channels = 3 if cfg.arch == "conv" else 1
+        image_side(cfg.data_dim, channels)
+        params = {k: v.astype(get_dtype(dtype)) for k, v in ck["params"].items()}
+        means = decoder_means(params, cfg, n, np.random.default_rng(seed))
+        write_png(out, grid(means, channels=channels), zoom)
     return means

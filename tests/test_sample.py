@@ -95,3 +95,19 @@ def test_missing_matplotlib_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(MinivaeError, match=r"install the plot extra: pip install -e '\.\[plot\]'"):
         sample.write_png(str(tmp_path / "s.png"), np.zeros((2, 2)))
     assert os.listdir(tmp_path) == []
+
+
+def test_sample_never_writes_over_a_file_that_is_not_a_png(tiny_ckpt, tmp_path):
+    """Issue 11: `sample m.h5 --out m.h5` replaced the checkpoint with a PNG."""
+    import shutil
+    from conftest import run_cli
+    ck = tmp_path / "m.h5"
+    shutil.copy(tiny_ckpt, ck)
+    before = ck.read_bytes()
+    code, text = run_cli(["sample", str(ck), "--n", "4", "--out", str(ck)])
+    assert code == 2 and "is not a PNG image" in text and len(text.strip().splitlines()) == 1, text
+    assert ck.read_bytes() == before
+    code, text = run_cli(["sample", str(ck), "--n", "4", "--out", str(tmp_path / "s.png")])
+    assert code == 0, text
+    code, text = run_cli(["sample", str(ck), "--n", "4", "--out", str(tmp_path / "s.png")])  # a PNG: replaced
+    assert code == 0, text
