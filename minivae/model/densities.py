@@ -1,5 +1,5 @@
-"""Log-densities, their gradients, and the reparameterised diagonal Gaussian; last, the bounds
-from log importance weights (reduce_weights: ELBO or IWAE, and d/d log w).
+"""Log-densities, their gradients, and the reparameterised diagonal Gaussian; last, reduce_weights:
+the bounds (ELBO or IWAE) of log importance weights, and their gradient wrt log w.
 
 Every density reduces over the last axis (the event axis) and broadcasts over the rest.
 """
