@@ -19,14 +19,21 @@ import math
 from numba import cuda, njit, prange
 
 from minivae.backend import get_xp
-from minivae.model.optim import adam_update
 
 from . import _dispatch as dp
 from ._threads import run_cpu
 
 
 def adam_dense_ref(p, g, m, v, step, eps_hat, b1, b2):
-    adam_update(p, g, m, v, step, eps_hat, b1, b2)     # the package's own NumPy Adam is the spec
+    """One Adam update of p, m, v in place: the NumPy spec (optim.adam_step's impl="ref")."""
+    xp = get_xp(p)
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * (g * g)
+    denom = xp.sqrt(v)
+    denom += eps_hat
+    p += step * (m / denom)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

@@ -25,6 +25,7 @@ import numpy as np
 from . import data, io
 from .model import nn
 from .model.config import Config
+from .model.model import dec_sizes, enc_sizes
 from .errors import SpecError
 from .model.posteriors import get_family
 from .model.validate import validate_params
@@ -288,7 +289,6 @@ def import_model(weights, spec_path, out):
     """Read WEIGHTS and SPEC, check them, write checkpoint `out`; returns a one-line summary."""
     params, cfg = build(read_spec(spec_path), read_tensors(weights))
     io.save_checkpoint(out, params, cfg)
-    from .model.model import dec_sizes, enc_sizes
     enc = "-".join(map(str, enc_sizes(cfg, get_family(cfg).n_out))) if cfg.encoder else "none"
     return (f"imported {weights}: encoder {enc}, decoder {'-'.join(map(str, dec_sizes(cfg)))}, "
             f"q={cfg.q}, {cfg.act}, {cfg.likelihood}, {cfg.dtype} -> {out}")

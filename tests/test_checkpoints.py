@@ -12,7 +12,7 @@ import pytest
 
 from minivae import io, train
 from minivae.model import model, optim
-from minivae.experiments import reproduce
+from minivae.experiments import training
 from minivae.backend import rng_state
 from minivae.model.config import Config
 from minivae.errors import CheckpointError
@@ -152,4 +152,4 @@ def test_reproduce_checks_a_model_it_would_reuse(resumable, damage):
         ADAM_DAMAGE[damage][0](f)
     x = np.zeros((100, 784), np.uint8)
     with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {path}") + ".*" + re.escape(ADAM_DAMAGE[damage][1])):
-        reproduce.train_or_reuse(str(path), cfg, x, x[:10], log=lambda _: None)
+        training.train_or_reuse(str(path), cfg, x, x[:10], log=lambda _: None)

@@ -107,7 +107,7 @@ def test_colour_grid_puts_channels_last():
 
 def test_reproduce_table2_on_cifar_smoke(tmp_path, monkeypatch):
     from conftest import CIFAR_NAMES, cifar_batch, write_cifar_tar
-    from minivae.experiments import reproduce
+    from minivae.experiments import budgets
     monkeypatch.setattr(data, "CIFAR_VALID_SIZE", 5)
     write_cifar_tar(tmp_path / data.CIFAR_TAR, {n: cifar_batch(i, 30) for i, n in enumerate(CIFAR_NAMES)})
     trust_synthetic_cifar(tmp_path, monkeypatch)                # 145 training images: one batch
@@ -119,6 +119,6 @@ def test_reproduce_table2_on_cifar_smoke(tmp_path, monkeypatch):
     assert "-14913.15" in report and "ffg (ours)" in report and "Amortization" in report
     cfg = io.load_checkpoint(out / "models" / "flow.h5")["config"]
     assert (cfg.arch, cfg.likelihood, cfg.latent, cfg.flow_steps) == ("conv", "logistic", 32, 4)
-    assert reproduce.model_config("mnist", "smoke", dict(q="ffg"), 0, "table2").arch == "mlp"
+    assert budgets.model_config("mnist", "smoke", dict(q="ffg"), 0, "table2").arch == "mlp"
     code, text = run_cli(["reproduce", "table3", "--dataset", "cifar10", "--budget", "smoke", "--out", str(out)])
     assert code != 0 and "table2" in text and "Traceback" not in text

@@ -37,7 +37,7 @@ def test_every_module_level_import_is_a_declared_dependency():
     assert {"numpy", "numba", "h5py", "click", "tqdm"} <= declared
     test_extra = " ".join(project["optional-dependencies"]["test"])
     assert "pytest" in test_extra and "matplotlib" in test_extra  # reproduce's smoke runs draw figures
-    files = [REPO / "cli.py", *(REPO / "minivae").glob("*.py"), *(REPO / "kernels").glob("*.py")]
+    files = [REPO / "cli.py", *(REPO / "minivae").rglob("*.py"), *(REPO / "kernels").glob("*.py")]
     imported = {m.group(1) for f in files
                 for m in re.finditer(r"^(?:import|from) ([A-Za-z_]\w*)", f.read_text(), re.M)}
     third_party = imported - set(sys.stdlib_module_names) - {"minivae", "kernels", "cli"}

@@ -3,7 +3,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from minivae.experiments import fig2, reproduce
+from minivae.experiments import budgets, fig2
+from minivae.experiments.report import table_markdown
 
 
 def test_second_mode_needs_a_dip_between_peaks():
@@ -43,18 +44,18 @@ def test_report_table_puts_ours_beside_the_papers():
     rows = [dict(key="logp", label="log p^(x)", mean=-90.0, se=0.5, n=10),
             dict(key="approximation", label="Approximation", mean=1.2, se=0.1, n=10),
             dict(key="ais", label="L_AIS", mean=None, se=None, n=0)]
-    text = reproduce.table_markdown("table2", "mnist", {"ffg": ("ffg", rows)})
+    text = table_markdown("table2", "mnist", {"ffg": ("ffg", rows)})
     assert "| log p^(x) | -90.00 ± 0.50 | -89.80 |" in text
     assert "| Approximation | 1.20 ± 0.10 | 1.43 |" in text and "L_AIS" not in text
-    assert "no numbers" in reproduce.table_markdown("table4", "mnist", {"base": ("ffg", rows)})
+    assert "no numbers" in table_markdown("table4", "mnist", {"base": ("ffg", rows)})
 
 
 def test_every_experiment_names_models_and_budgets_are_complete():
-    for e in reproduce.EXPERIMENTS:
+    for e in budgets.EXPERIMENTS:
         if e.startswith("table"):
-            specs, qstar = reproduce.models(e)
+            specs, qstar = budgets.models(e)
             assert specs and set(qstar) <= {"ffg", "flow"}
-    for b in reproduce.BUDGETS.values():
+    for b in budgets.BUDGETS.values():
         assert {"train", "n", "k", "ais", "localopt", "fig2", "fig3"} <= set(b)
 
 

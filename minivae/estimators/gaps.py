@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .. import io, outputs
+from . import ais, iwae, localopt
 
 LABELS = dict(logp="log p^(x)", qstar_flow="L_VAE[q*_Flow]", qstar_ffg="L_VAE[q*_FFG]",
               qstar_fullcov="L_VAE[q*_FullCov]", elbo="L_VAE[q]",
@@ -102,7 +103,6 @@ def collect(params, cfg, x, out, k=5000, chunk=10000, ais_settings=None, ais_blo
             qstar=("ffg", "flow"), localopt_settings=None, seed=0, meta=None, progress=True, runner=None):
     """Run, or reuse from results file `out`, every bound of the gap table for the rows of x:
     returns gap_table's input {elbo, iwae, ais (absent if ais_settings is None), qstar_<q>}."""
-    from . import ais, iwae, localopt
     r = {}
     with outputs.claim(out, io.RESULTS_KIND):          # one writer for all the stages
         if cfg.encoder:                                  # an imported decoder alone has no L[q]

@@ -27,6 +27,11 @@ import numpy as np
 
 from ..backend import get_xp
 
+try:
+    import kernels as _package
+except Exception:  # ImportError, or a Numba that cannot build them: kernels() is then None
+    _package = None
+
 
 def _col(a, z):
     """A per-row scalar (R,) or a plain scalar, shaped to broadcast against z (R, Z)."""
@@ -94,9 +99,8 @@ def hmc_transition(z, ll, gll, target, beta, step, momentum0, log_u, L, target_a
 @functools.lru_cache(maxsize=None)
 def kernels():
     """The fused kernels package, or None where it cannot be loaded (the reference then runs)."""
-    try:
-        import kernels as k
-    except Exception:  # ImportError, or a Numba that cannot build them
+    k = _package
+    if k is None:
         return None
     if not hasattr(k, "hmc_accept"):  # an editable install made before kernels/__init__.py existed
         warnings.warn("kernels/ imports as an empty namespace package: run `pip install -e .` again; "

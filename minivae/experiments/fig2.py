@@ -12,6 +12,8 @@ import numpy as np
 
 from ..model import model
 from ..backend import normal, to_numpy
+from ..io import atomic_path
+from ..plots.plotting import pyplot
 from ..model.densities import log_diag_normal
 from ..estimators.localopt import fit_local, local_elbo
 from ..model.objectives import log_weights
@@ -201,8 +203,6 @@ def _smooth(d, passes=2):
 
 def plot(result, path):
     """The 4 x 4 grid of contour plots, written atomically to `path` (PNG)."""
-    from ..io import atomic_path
-    from ..plots.plotting import pyplot
     plt = pyplot()
     rows = [("True posterior", "true"), ("Amortized FFG", "amortized"),
             ("Optimal FFG", "optimal_ffg"), ("Optimal Flow", "optimal_flow")]

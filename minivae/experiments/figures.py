@@ -10,12 +10,14 @@ import time
 
 import numpy as np
 
-from .. import data, io, train
+from .. import data, io
 from . import fig2
-from ..estimators import iwae
+from ..estimators import ais, iwae
 from ..model.config import Config
 from ..plots.plotting import pyplot
-from .reproduce import BUDGETS, train_or_reuse, write_report
+from .budgets import BUDGETS
+from .report import write_report
+from .training import train_or_reuse
 
 
 def run_fig2(dataset, budget, out, seed=0, log=print):
@@ -53,7 +55,6 @@ def run_fig2(dataset, budget, out, seed=0, log=print):
 
 def curve_points(params, cfg, x, k, ais_settings, seed):
     """Mean L_VAE, L_IWAE (k samples) and AIS over the rows of x."""
-    from ..estimators import ais
     xe = x.astype(cfg.dtype)
     index = np.arange(len(x))
     elbo, iw = iwae.bounds(params, cfg, xe, index, k, seed)

@@ -1,6 +1,7 @@
-"""Log-densities, their gradients, and the reparameterised diagonal Gaussian.
+"""Log-densities, their gradients, and the reparameterised diagonal Gaussian; last, reduce_weights:
+the bounds (ELBO or IWAE) of log importance weights, and their gradient wrt log w.
 
-Every function reduces over the last axis (the event axis) and broadcasts over the rest.
+Every density reduces over the last axis (the event axis) and broadcasts over the rest.
 """
 import math
 
@@ -85,3 +86,21 @@ def discretized_logistic(x, mean, log_scale):
     dmean = -(ga + gb) * inv_s             # da/dmean = db/dmean = -1/s
     dlog_scale = -(a * ga + b * gb + d * gd)  # da/dlog_s = -a, db/dlog_s = -b, dd/dlog_s = -d
     return ll.sum(-1), dmean, dlog_scale
+
+
+def logsumexp(a, axis=-1):
+    xp = get_xp(a)
+    m = a.max(axis, keepdims=True)
+    return (m + xp.log(xp.exp(a - m).sum(axis, keepdims=True))).squeeze(axis)
+
+
+def reduce_weights(logw, objective):
+    """Per-datapoint bound (B,) from log w (B, K), and d(sum of bounds)/d logw."""
+    xp = get_xp(logw)
+    K = logw.shape[1]
+    if objective == "elbo":
+        return logw.mean(1), xp.full(logw.shape, 1.0 / K, dtype=logw.dtype)
+    if objective == "iwae":
+        lse = logsumexp(logw, 1)
+        return lse - math.log(K), xp.exp(logw - lse[:, None])
+    raise ValueError(objective)

@@ -18,6 +18,16 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..backend import get_xp
+from .densities import reduce_weights
+from .optim import adam_scalars
+
+try:
+    import kernels as _package
+    from kernels.adam_dense import adam_dense
+    from kernels.reparam import ffg_backward, ffg_forward
+    from kernels.sparse_input import sparse_matmul, sparse_matmul_tn
+except Exception:  # ImportError, or a Numba that cannot build them: kernels() is then None
+    _package = None
 
 # The encoder's first product skips the zeros of x below this density (binarized MNIST: 0.13,
 # where skipping costs about 0.45 of a BLAS product; break-even is near 0.3). CPU only.
@@ -27,12 +37,8 @@ SPARSE_BELOW = 0.25
 @functools.lru_cache(maxsize=None)
 def kernels():
     """The fused kernels used here, or None where they cannot be loaded (the reference runs)."""
-    try:
-        import kernels as k
-        from kernels.adam_dense import adam_dense
-        from kernels.reparam import ffg_backward, ffg_forward
-        from kernels.sparse_input import sparse_matmul, sparse_matmul_tn
-    except Exception:  # ImportError, or a Numba that cannot build them
+    k = _package
+    if k is None:
         return None
     names = ("bernoulli_grad", "bias_elu", "decoder_buffers", "decoder_grad", "elu_backward")
     return SimpleNamespace(adam_dense=adam_dense, ffg_forward=ffg_forward, ffg_backward=ffg_backward,
@@ -199,7 +205,6 @@ class TrainStep:
     def __call__(self, x, eps, lam=1.0, objective="elbo"):
         """The bound (B,) of every row of x (B, D) with noise eps (B, K, Z); the gradient of
         its batch mean goes to self.grads."""
-        from .objectives import reduce_weights
         B, K, Z = eps.shape
         if B > self.batch or K != self.k:
             raise ValueError(f"TrainStep made for {self.batch} x {self.k} samples, got {B} x {K}")
@@ -222,7 +227,6 @@ class TrainStep:
 
     def update(self, lr, b1=0.9, b2=0.999, eps=1e-8):
         """optim.adam_step with self.grads, as one kernel call over the flat buffers."""
-        from .optim import adam_scalars
         step, eps_hat = adam_scalars(self.adam, lr, b1, b2, eps)
         kernels().adam_dense(self.p, self.g, self.m, self.v, step, eps_hat, b1, b2)
 

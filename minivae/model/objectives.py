@@ -5,11 +5,8 @@ log w = log p(x|z) + log p(z) - lam * log q(z|x), for K samples per datapoint:
   IWAE(K)    = logsumexp_k log w - log K
 Gradients flow to the encoder (through h), the family's nets and the decoder.
 """
-import math
-
 from . import fastpath, model
-from ..backend import get_xp
-from .densities import log_std_normal
+from .densities import log_std_normal, reduce_weights
 from .nn import add_grads
 
 
@@ -35,24 +32,6 @@ def log_weights(params, cfg, family, x, h, eps, lam=1.0, decoder_grads=True, wor
         return dh, add_grads(grads, gq)
 
     return logw, backward
-
-
-def logsumexp(a, axis=-1):
-    xp = get_xp(a)
-    m = a.max(axis, keepdims=True)
-    return (m + xp.log(xp.exp(a - m).sum(axis, keepdims=True))).squeeze(axis)
-
-
-def reduce_weights(logw, objective):
-    """Per-datapoint bound (B,) from log w (B, K), and d(sum of bounds)/d logw."""
-    xp = get_xp(logw)
-    K = logw.shape[1]
-    if objective == "elbo":
-        return logw.mean(1), xp.full(logw.shape, 1.0 / K, dtype=logw.dtype)
-    if objective == "iwae":
-        lse = logsumexp(logw, 1)
-        return lse - math.log(K), xp.exp(logw - lse[:, None])
-    raise ValueError(objective)
 
 
 def bound_and_grads(params, cfg, family, x, eps, lam=1.0, objective="elbo"):

@@ -5,8 +5,9 @@
 (the "efficient" bias correction of Kingma & Ba, sec. 2, with eps_hat = eps * sqrt(1 - b2^t)
 so that it equals the textbook update exactly).
 """
-import functools
 import math
+
+from kernels.adam_dense import adam_dense, adam_dense_ref, adam_rows
 
 from ..backend import get_xp
 
@@ -17,13 +18,8 @@ def adam_init(params):
                 v={k: xp.zeros_like(p) for k, p in params.items()}, t=0)
 
 
-@functools.lru_cache(maxsize=None)
 def _kernels():
-    """The fused Adam kernels (kernels.adam_dense: adam_dense, adam_rows), or None."""
-    try:
-        from kernels.adam_dense import adam_dense, adam_rows
-    except Exception:  # ImportError, or a Numba that cannot build them
-        return None
+    """The fused Adam kernels (kernels.adam_dense: adam_dense, adam_rows)."""
     return adam_dense, adam_rows
 
 
@@ -49,25 +45,13 @@ def adam_scalars(state, lr, b1=0.9, b2=0.999, eps=1e-8):
 
 def adam_step(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8, impl="auto"):
     """One ascent step on every key of `grads`, in place (params, m, v updated).
-    impl: "ref" adam_update (NumPy), "kernel" kernels.adam_dense (the same numbers, one pass per
+    impl: "ref" kernels.adam_dense.adam_dense_ref (NumPy), "kernel" kernels.adam_dense (the same numbers, one pass per
     key), "auto" the kernel where it can run."""
     step, eps_hat = adam_scalars(state, lr, b1, b2, eps)
     for k, g in grads.items():
         m, v, p = state["m"][k], state["v"][k], params[k]
         fused = _fused(impl, (p, g, m, v))
-        (fused[0] if fused is not None else adam_update)(p, g, m, v, step, eps_hat, b1, b2)
-
-
-def adam_update(p, g, m, v, step, eps_hat, b1, b2):
-    """One Adam update of p, m, v in place (the NumPy reference of kernels.adam_dense)."""
-    xp = get_xp(p)
-    m *= b1
-    m += (1 - b1) * g
-    v *= b2
-    v += (1 - b2) * (g * g)
-    denom = xp.sqrt(v)
-    denom += eps_hat
-    p += step * (m / denom)
+        (fused[0] if fused is not None else adam_dense_ref)(p, g, m, v, step, eps_hat, b1, b2)
 
 
 def batched_adam_step(params, grads, state, lr, active, b1=0.9, b2=0.999, eps=1e-8, impl="auto"):

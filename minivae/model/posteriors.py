@@ -12,8 +12,10 @@ For the flow, `logq` is the bound's `log q(z0, v0) - log|det| - log r(vT|zT)` (p
 so every family's ELBO is `E[log p(x, z) - logq]`.
 """
 from ..backend import get_xp
-from .densities import LOG2PI, reparam
 from ..errors import MinivaeError
+from .densities import LOG2PI, reparam
+from .flow import Flow
+from .fullcov import FullCov
 
 
 class FFG:
@@ -53,15 +55,7 @@ def get_family(cfg):
     if cfg.q == "ffg":
         return FFG(cfg.latent)
     if cfg.q == "fullcov":
-        try:
-            from .fullcov import FullCov
-        except ImportError:
-            raise MinivaeError("--q fullcov is not yet supported in this version; use --q ffg")
         return FullCov(cfg.latent)
     if cfg.q == "flow":
-        try:
-            from .flow import Flow
-        except ImportError:
-            raise MinivaeError("--q flow is not yet supported in this version; use --q ffg")
         return Flow(cfg.latent, cfg.flow_steps, cfg.flow_hidden, cfg.act)
     raise MinivaeError(f"unknown posterior family {cfg.q!r}: choose ffg, fullcov or flow")

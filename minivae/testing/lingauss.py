@@ -10,6 +10,7 @@ import numpy as np
 
 from ..model.config import Config
 from ..model.densities import LOG2PI
+from ..model.model import init_params
 
 
 def make(latent=2, data_dim=5, obs_std=0.5, seed=0, n=8, scale=1.0):
@@ -22,7 +23,6 @@ def make(latent=2, data_dim=5, obs_std=0.5, seed=0, n=8, scale=1.0):
     b = 0.3 * rng.standard_normal(data_dim)
     z = rng.standard_normal((n, latent))
     x = z @ W + b + obs_std * rng.standard_normal((n, data_dim))
-    from ..model.model import init_params
     params = init_params(cfg, rng)
     params["dec.fc0.W"], params["dec.fc0.b"] = W, b
     return cfg, params, x
