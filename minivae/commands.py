@@ -195,8 +195,13 @@ def reproduce(experiment, dataset, budget, out, seed, workers, scheduler):
 
 
 def import_model(weights, spec, out):
-    """`minivae import`: weights trained elsewhere into a checkpoint; returns the summary line."""
-    return interop.import_model(weights, spec, out)
+    """`minivae import`: weights trained elsewhere into a new checkpoint (an existing --out is
+    never replaced); returns the summary line."""
+    if os.path.exists(out):
+        raise outputs.OutputError(f"{out} exists: minivae import writes a new checkpoint; choose another "
+                                  "--out or delete it")
+    with outputs.claim(out, io.CHECKPOINT_KIND):
+        return interop.import_model(weights, spec, out)
 
 
 def export(ckpt, out, layout):

@@ -138,6 +138,10 @@ def test_export_then_import_is_exact(tmp_path, q, layout, ext):
               "act", "likelihood", "dtype", "encoder")
     fields += ("flow_steps", "flow_hidden") if q == "flow" else ()
     assert {f: getattr(back["config"], f) for f in fields} == {f: getattr(cfg, f) for f in fields}
+    before = open(ck, "rb").read()                       # import never replaces an existing file
+    code, out = run_cli(["import", w, "--spec", str(tmp_path / "m.spec.json"), "--out", ck])
+    assert code == 2 and "exists" in out and len(out.strip().splitlines()) == 1, out
+    assert open(ck, "rb").read() == before
 
 
 def break_missing(t, s):
