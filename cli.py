@@ -331,13 +331,15 @@ def gaps(**opts):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="folder for models, results, figures and report.md [default: runs/EXPERIMENT-DATASET-BUDGET]")
 @click.option("--seed", type=NATURAL, default=0, help="same seed, same numbers")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train",
+              help="tables: evaluate the first n datapoints of this split (train: the authors' protocol)")
 @where_to_run
-def reproduce(experiment, dataset, budget, out, seed, workers, scheduler):
+def reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler):
     """Run one of the paper's experiments and write DIR/report.md beside the paper's numbers.
     Reruns reuse finished models and result stages. With --workers/--scheduler (tables), the
     models train at once on the cluster, then every evaluation stage runs there."""
     from minivae import commands
-    commands.reproduce(experiment, dataset, budget, out, seed, workers, scheduler)
+    commands.reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler)
 
 
 # -- bring your own VAE (issue 16): import weights trained elsewhere, export a model -----------

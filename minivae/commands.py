@@ -187,11 +187,11 @@ def gaps(opts):
                   f"datapoints; the others stopped at --max-steps {opts['max_steps']}")
 
 
-def reproduce(experiment, dataset, budget, out, seed, workers, scheduler):
+def reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler):
     """`minivae reproduce`: one of the paper's experiments, its report in OUT/report.md."""
     with stages.executor(workers, scheduler) as runner:
         repro.run(experiment, dataset, budget, out or f"runs/{experiment}-{dataset}-{budget}", seed,
-                  runner=runner)
+                  runner=runner, split=split)
 
 
 def import_model(weights, spec, out):

@@ -71,6 +71,12 @@ def smoke(tmp_path, experiment):
 def test_smoke_table2(tmp_path):
     out, report = smoke(tmp_path, "table2")
     assert "ffg (paper)" in report and "Amortization" in report
+    # issue 15: the authors' protocol by default: training datapoints, MNIST trained on train+valid
+    assert "## Protocol" in report and "first 3 training datapoints of mnist" in report
+    assert "training and validation images together" in report
+    from minivae import io
+    assert io.load_results(out / "results" / "ffg.h5", "iwae")[1]["split"] == "train"
+    assert io.load_checkpoint(out / "models" / "ffg.h5")["config"].train_split == "train+valid"
     # a rerun reuses the finished models and results
     result = CliRunner().invoke(cli.main, ["reproduce", "table2", "--budget", "smoke", "--out", str(out)])
     assert result.exit_code == 0 and "reusing" in result.output
@@ -149,3 +155,12 @@ def test_smoke_table2_on_two_workers_equals_the_serial_run(tmp_path):
             b = io.load_results(tmp_path / "d" / "results" / f"{name}.h5", stage)[0]
             for k in a:
                 np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5, err_msg=f"{name} {stage}.{k}")
+
+
+def test_the_report_lists_every_difference_from_the_authors_protocol():
+    from minivae.experiments.reproduce import protocol
+    paper = protocol("mnist", "train", 1000, "train+valid")
+    assert "first 1000 training datapoints" in paper and "none in the data protocol" in paper
+    test = protocol("mnist", "test", 100, "train")
+    assert "--split test" in test and "100 datapoints, not 1000" in test
+    assert "threshold at 0.5" in protocol("fashion", "train", 1000, "train")
