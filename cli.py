@@ -7,15 +7,7 @@ import sys
 
 import click
 
-from minivae.errors import MinivaeError
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every `finally` runs and finished blocks stay saved."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
+from minivae.errors import MinivaeError, Terminated, clear_interrupt, on_signal
 
 
 class Group(click.Group):
@@ -23,10 +15,10 @@ class Group(click.Group):
     SIGINT and SIGTERM end the run after its `finally` blocks: exit 130 or 143."""
 
     def invoke(self, ctx):
-        try:
-            previous = signal.signal(signal.SIGTERM, _terminate)    # SIGTERM ends a run like Ctrl-C
+        try:                                # SIGTERM ends a run like Ctrl-C; neither can be swallowed
+            previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         except ValueError:                                          # not the main thread
-            previous = None
+            previous = {}
         try:
             return super().invoke(ctx)
         except (MinivaeError, click.BadParameter) as e:
@@ -39,8 +31,9 @@ class Group(click.Group):
             click.echo(f"Interrupted: {saved}.", err=True)
             ctx.exit(143 if isinstance(e, Terminated) else 130)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            clear_interrupt()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 class Real(click.FloatRange):

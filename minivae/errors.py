@@ -3,6 +3,7 @@
 The CLI catches `MinivaeError` and prints its message without a traceback; anything
 else is a bug and keeps its traceback.
 """
+import signal
 
 
 class MinivaeError(Exception):
@@ -20,3 +21,32 @@ class CheckpointError(MinivaeError):
 class SpecError(MinivaeError):
     """Weights and spec given to `minivae import` (or a model to export) that do not fit together
     or that minivae's layers cannot hold; the message names the tensor or spec key."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` runs and finished blocks stay saved."""
+
+
+_pending = []       # signals whose exception may have been swallowed (see on_signal)
+
+
+def on_signal(signum, frame):
+    """Handler for SIGINT and SIGTERM: raise at once, and remember the signal. Python drops an
+    exception raised while a weakref callback or __del__ runs (it prints "Exception ignored"),
+    which once let a Ctrl-C be swallowed; check_interrupt() raises it again at the next safe point."""
+    _pending.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def check_interrupt():
+    """Raise a signal that on_signal saw but whose exception was lost (called by the progress
+    updates and the stage engine between blocks)."""
+    if _pending:
+        signum = _pending[-1]
+        _pending.clear()
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def clear_interrupt():
+    """Forget signals once their exception has been handled."""
+    _pending.clear()

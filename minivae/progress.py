@@ -9,6 +9,8 @@ import sys
 
 from tqdm import tqdm
 
+from .errors import check_interrupt
+
 LINE_FORMAT = ("{desc} {n_fmt}/{total_fmt} ({percentage:.0f}%) elapsed {elapsed} ETA {remaining} "
                "[{rate_fmt}{postfix}]")
 
@@ -51,6 +53,7 @@ class Progress:
                             miniters=1, bar_format=LINE_FORMAT)
 
     def update(self, n=1, **metrics):
+        check_interrupt()                 # a signal whose exception was swallowed ends the run here
         self.n += n
         if self.bar is None:
             return

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import io, outputs
 from .backend import to_numpy
-from .errors import CheckpointError, MinivaeError
+from .errors import CheckpointError, MinivaeError, check_interrupt
 from .progress import Progress
 
 
@@ -124,6 +124,7 @@ def run(out, stage, settings, n, block, fn, shared, finite=(), progress=True, ru
                     raise MinivaeError(f"could not save stage {stage} to {out} ({e.strerror or e}); the "
                                        "blocks finished before are in it: free space and rerun to resume") from None
                 bar.update(len(index))
+                check_interrupt()                          # after the save: the block is kept
         finally:
             bar.close()
     keep = done["index"] < n if done else slice(0)
