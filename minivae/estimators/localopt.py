@@ -10,7 +10,7 @@ and its parameters are never written again. Blocks are saved as they finish, so 
 """
 import numpy as np
 
-from ..model import fastpath, model
+from ..model import fastpath, fused_flow, model
 from .. import stages
 from ..backend import get_xp, to_numpy
 from ..errors import MinivaeError
@@ -122,8 +122,13 @@ def _gradient(params, cfg, family, impl):
 
 
 def _fast_gradient(params, cfg, family, x, samples):
-    """The same by fastpath.QStarFFG where it applies (FFG, ELU, Bernoulli), else None."""
-    if not fastpath.supports(cfg, family) or x.dtype != params["dec.fc0.W"].dtype:
+    """The same by fastpath.QStarFFG (FFG) or fused_flow.QStarFlow (flow) where they apply
+    (ELU, Bernoulli), else None."""
+    if x.dtype != params["dec.fc0.W"].dtype:
+        return None
+    if fused_flow.supports(cfg, family):
+        return fused_flow.QStarFlow(params, family, samples)
+    if not fastpath.supports(cfg, family):
         return None
     step = fastpath.QStarFFG(params, x.shape[0], samples)
 

@@ -181,7 +181,7 @@ class TrainStep:
         xp, dt = get_xp(W), W.dtype
         self.params, self.adam, self.sparse = params, adam, sparse_input and xp is np
         self.enc, self.dec = _MLP(params, "enc", batch), _MLP(params, "dec", batch * k)
-        self.keys = [key for key in params if not key.startswith(tuple(frozen))]
+        self.keys = self._order([key for key in params if not key.startswith(tuple(frozen))])
         self.p = _adopt(params, self.keys, xp, dt)
         self.m = _adopt(adam["m"], self.keys, xp, dt)
         self.v = _adopt(adam["v"], self.keys, xp, dt)
@@ -193,6 +193,10 @@ class TrainStep:
         self.ll, self.c = xp.empty(batch * k, dt), xp.empty((batch, k), dt)
         self.std, self.dh = xp.empty((batch, Z), dt), xp.empty((batch, 2 * Z), dt)
         self.batch, self.k = batch, k
+
+    def _order(self, keys):
+        """The trainable keys in their flat-buffer order (a subclass may stack nets)."""
+        return keys
 
     def _views(self, flat):
         at, out = 0, []

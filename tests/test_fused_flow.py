@@ -1,0 +1,134 @@
+"""The fused flow (minivae.model.fused_flow, kernels.coupling) equals the reference flow.py, which
+the FD tests check: float64, tight tolerances, same noise."""
+import numpy as np
+import pytest
+
+from kernels import coupling
+from minivae import train
+from minivae.estimators import localopt
+from minivae.model import fastpath, fused_flow, objectives, optim
+from minivae.model.flow import positive_scale
+from minivae.model.posteriors import get_family
+from test_fastpaths import close, small
+
+pytestmark = pytest.mark.skipif(fastpath.kernels() is None, reason="kernels/ cannot be loaded")
+
+
+def flow_model(layers=(2, 2), n=6, hidden=5, steps=2):
+    cfg, params, x, rng = small(*layers, n=n)
+    cfg = cfg.replace(q="flow", flow_hidden=hidden, flow_steps=steps)
+    family = get_family(cfg)
+    family.init_global(rng, params, np.float64, np)
+    for k in params:
+        if k.startswith("q."):
+            params[k] = params[k] + 0.3 * rng.standard_normal(params[k].shape)
+    return cfg, family, params, x, rng
+
+
+# --- kernels.coupling --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_coupling_kernel_is_the_reference_and_the_flow_maths(dtype):
+    r = np.random.default_rng(0)
+    x, a, m, dy = (r.standard_normal((7, 5)).astype(dtype) for _ in range(4))
+    a[0, :3] = [-60.0, 60.0, 0.0]
+    dl = r.standard_normal(7).astype(dtype)
+    out = {}
+    for impl in ("ref", "cpu"):
+        y, s, ld = np.empty_like(x), np.empty_like(x), np.full(7, 0.5, dtype)
+        coupling.coupling_forward(x, a, m, y, s, ld, impl=impl)
+        da, dm, dx = np.empty_like(x), np.empty_like(x), dy.copy()
+        coupling.coupling_backward(dx, x, s, dl, da, dm, dx, impl=impl)   # dx aliases dy
+        out[impl] = (y, s, ld, da, dm, dx)
+    tol = 1e-13 if dtype == np.float64 else 2e-6
+    for got, want in zip(out["cpu"], out["ref"]):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    if dtype == np.float32:
+        return
+    s0, logs0, back = positive_scale(a)                               # flow.py's maths
+    y, s, ld, da, dm, dx = out["ref"]
+    np.testing.assert_allclose(s, s0, rtol=tol, atol=tol)   # flow.py rounds s(-60) to 0
+    np.testing.assert_allclose(y, x * s0 + m, rtol=10 * tol, atol=10 * tol)
+    np.testing.assert_allclose(ld, 0.5 + logs0.sum(1), rtol=tol)
+    np.testing.assert_allclose(da, back(dy * x, dl[:, None]), rtol=10 * tol, atol=10 * tol)
+    np.testing.assert_allclose(dx, dy * s0, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(dm, dy)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("objective,lam,K", [("elbo", 1.0, 1), ("elbo", 0.3, 3), ("iwae", 1.0, 4)])
+@pytest.mark.parametrize("layers", [(2, 2), (1, 0)])
+def test_flow_train_step_is_bound_and_grads(objective, lam, K, layers):
+    cfg, family, params, x, rng = flow_model(layers)
+    eps = rng.standard_normal((6, K, 6))
+    value, grads = objectives.bound_and_grads(params, cfg, family, x, eps, lam, objective)
+    p = {k: v.copy() for k, v in params.items()}
+    step = fused_flow.FlowTrainStep(p, optim.adam_init(p), cfg, family, 6, K, sparse_input=True)
+    for _ in range(2):                                                # buffers reused
+        close(step(x, eps, lam, objective), value)
+        assert set(step.grads) == set(grads)
+        for k in grads:
+            close(step.grads[k], grads[k])
+    for k in params:                                                  # adopted, values kept
+        np.testing.assert_array_equal(p[k], params[k])
+
+
+def test_flow_training_steps_follow_the_reference_and_ref_is_a_flag():
+    cfg, family, params, x, rng = flow_model()
+    cfg = cfg.replace(k=2)
+    assert fused_flow.supports(cfg, family) and not fused_flow.supports(cfg, family, ("q.",))
+    ref = {k: v.copy() for k, v in params.items()}
+    fast_step = train.training_step(params, optim.adam_init(params), cfg, family, (), True)
+    ref_step = train.training_step(ref, optim.adam_init(ref), cfg, family, (), True, impl="ref")
+    for _ in range(8):
+        eps = rng.standard_normal((6, 2, 6))
+        close(fast_step(x, eps, 0.5, 3e-3), ref_step(x, eps, 0.5, 3e-3), 1e-9)
+    for k in ref:
+        close(params[k], ref[k], 1e-8)
+
+
+def test_flow_train_step_with_a_frozen_decoder():
+    cfg, family, params, x, rng = flow_model((0, 1))
+    eps = rng.standard_normal((6, 1, 6))
+    value, grads = objectives.bound_and_grads(params, cfg, family, x, eps, 1.0)
+    p = {k: v.copy() for k, v in params.items()}
+    step = fused_flow.FlowTrainStep(p, optim.adam_init(p), cfg, family, 6, 1, frozen=("dec.",))
+    close(step(x, eps), value)
+    assert not any(k.startswith("dec.") for k in step.grads)
+    for k in step.grads:
+        close(step.grads[k], grads[k])
+
+
+# --- q*_Flow -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 6])                                # per-net and stacked bias paths
+def test_qstar_flow_gradient_is_log_weights_backward(n):
+    cfg, family, params, x, rng = flow_model(n=n)
+    h, nets = family.init_local(rng, n, np.float64, np)
+    work = {"h": 0.3 * rng.standard_normal(h.shape),
+            **{k: v + 0.2 * rng.standard_normal(v.shape) for k, v in nets.items()}}
+    eps = rng.standard_normal((n, 4, 6))
+    want, back = objectives.log_weights({**params, **work}, cfg, family, x, work["h"], eps,
+                                        decoder_grads=False)
+    dh, g = back(np.full(want.shape, 0.25))
+    step = fused_flow.QStarFlow(params, family, 4)
+    for _ in range(2):
+        grads, logw = step(work, x, eps)
+        close(logw, want)
+        close(grads["h"], dh)
+        assert set(grads) == {"h"} | set(nets)
+        for k in nets:
+            close(grads[k], g[k])
+
+
+def test_flow_fit_local_uses_the_fused_gradient_and_follows_the_reference():
+    cfg, family, params, x, _ = flow_model()
+    assert isinstance(localopt._fast_gradient(params, cfg, family, x, 3), fused_flow.QStarFlow)
+    settings = dict(max_steps=40, samples=3, lr=0.02, check_every=5, patience=1)
+    fast = localopt.fit_local(params, cfg, family, x, np.random.default_rng(4), **settings)
+    ref = localopt.fit_local(params, cfg, family, x, np.random.default_rng(4), impl="ref", **settings)
+    np.testing.assert_array_equal(fast["steps"], ref["steps"])
+    assert len(set(fast["steps"])) > 1                               # rows were compacted
+    for k in ref["local"]:
+        close(fast["local"][k], ref["local"][k], 1e-9)
