@@ -80,11 +80,12 @@ def _coupling_forward_cuda(x, a, m, y, s, logdet):
         acc = zero
         for j in range(a.shape[1]):
             aj = a[r, j]
-            e = math.exp(-abs(aj))
-            sj = (two if aj >= zero else two * e) / (one + e)
+            pos = aj >= zero
+            e = math.exp(-aj if pos else aj)
+            sj = (two if pos else two * e) / (one + e)
             s[r, j] = sj
             y[r, j] = x[r, j] * sj + m[r, j]
-            acc += l2 - max(-aj, zero) - math.log1p(e)
+            acc += l2 - (zero if pos else -aj) - math.log1p(e)
         logdet[r] += acc
 
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from . import data, io
-from .model import fastpath, fused_flow, model, objectives
+from .model import fastpath, fused_flow, fused_fullcov, model, objectives
 from .backend import normal, rng_from_state, rng_state, to_numpy
 from .model.config import Config
 from .errors import MinivaeError
@@ -96,8 +96,8 @@ def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=
 
 def training_step(params, adam, cfg, family, frozen=(), sparse_input=False, impl="auto"):
     """step(x, eps, lam, lr) -> bound (B,), after one Adam step on the batch's mean bound
-    (keys starting with a `frozen` prefix stay fixed). fastpath.TrainStep (FFG) or
-    fused_flow.FlowTrainStep (flow) where they apply (they move params and the Adam moments
+    (keys starting with a `frozen` prefix stay fixed). fastpath.TrainStep (FFG),
+    fused_flow.FlowTrainStep or fused_fullcov.FullCovTrainStep where they apply (they move params and the Adam moments
     into flat buffers, values kept), else
     objectives.bound_and_grads + optim.adam_step: the same numbers up to float rounding.
     sparse_input: the data are mostly zeros (fastpath.mostly_zeros of the training set).
@@ -107,6 +107,8 @@ def training_step(params, adam, cfg, family, frozen=(), sparse_input=False, impl
         fast = fastpath.TrainStep(params, adam, cfg, cfg.batch, cfg.k, frozen, sparse_input)
     elif impl != "ref" and fused_flow.supports(cfg, family, frozen):
         fast = fused_flow.FlowTrainStep(params, adam, cfg, family, cfg.batch, cfg.k, frozen, sparse_input)
+    elif impl != "ref" and fused_fullcov.supports(cfg, family):
+        fast = fused_fullcov.FullCovTrainStep(params, adam, cfg, cfg.batch, cfg.k, frozen, sparse_input)
     if fast is not None:
 
         def step(x, eps, lam, lr):

@@ -132,3 +132,29 @@ def test_flow_fit_local_uses_the_fused_gradient_and_follows_the_reference():
     assert len(set(fast["steps"])) > 1                               # rows were compacted
     for k in ref["local"]:
         close(fast["local"][k], ref["local"][k], 1e-9)
+
+
+def _nvvm():
+    try:
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _nvvm(), reason="libNVVM (CUDA toolkit) not found")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_coupling_and_tril_cuda_twins_compile_to_ptx(dtype):
+    import numba
+    from numba import cuda
+    from kernels import tril
+    a, v, L, h = (np.zeros(s, dtype) for s in ((3, 4), 3, (3, 4, 4), (3, 14)))
+    e3 = np.zeros((3, 2, 4), dtype)
+    cases = [(coupling._coupling_forward_cuda, (a, a, a, a, a, v)),
+             (coupling._coupling_backward_cuda, (a, a, a, v, a, a, a)),
+             (tril._tril_unpack_cuda, (h, L)), (tril._tril_pack_cuda, (L, L, v, h)),
+             (tril._tril_pack_outer_cuda, (e3, e3, L, v, h))]
+    for kernel, args in cases:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(numba.typeof(x) for x in args), cc=(8, 0))
+        assert ".entry" in ptx

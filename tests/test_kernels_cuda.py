@@ -164,3 +164,37 @@ def test_auto_runs_cuda_on_cupy_arrays():
     elu.bias_elu(a, b, y0, d0, impl="ref")
     cp.testing.assert_allclose(y, y0, rtol=1e-12)
     cp.testing.assert_allclose(d, d0, rtol=1e-12)
+
+
+# --- the fused flow's coupling and the full-covariance factor (issue 14) -----------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_coupling_forward_and_backward(dtype):
+    from kernels import coupling
+    r = rng()
+    x, a, m, dy = (r.standard_normal((5, 7)).astype(dtype) for _ in range(4))
+    a[0, :2] = [-60, 60]
+    dl = r.standard_normal(5).astype(dtype)
+    e = np.empty_like(x)
+    (_, _, _, y0, s0, l0), (_, _, _, y1, s1, l1) = both(coupling.coupling_forward, x, a, m, e, e,
+                                                        np.ones(5, dtype))
+    for got, want in ((y1, y0), (s1, s0), (l1, l0)):
+        close(got, want, dtype)
+    outs = both(coupling.coupling_backward, dy, x, s0, dl, e, e, e)
+    for got, want in zip(outs[1][4:], outs[0][4:]):
+        close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tril_unpack_and_pack(dtype):
+    from kernels import tril
+    r, Z, B = rng(), 4, 3
+    h = r.standard_normal((B, Z + Z * (Z + 1) // 2)).astype(dtype)
+    dL, s = r.standard_normal((B, Z, Z)).astype(dtype), r.standard_normal(B).astype(dtype)
+    dz, eps = (r.standard_normal((B, 2, Z)).astype(dtype) for _ in range(2))
+    (_, L0), (_, L1) = both(tril.tril_unpack, h, np.full((B, Z, Z), 7, dtype))
+    close(L1, L0, dtype)
+    (*_, d0), (*_, d1) = both(tril.tril_pack, dL, L0, s, np.zeros_like(h))
+    close(d1, d0, dtype)
+    (*_, d0), (*_, d1) = both(tril.tril_pack_outer, dz, eps, L0, s, np.zeros_like(h))
+    close(d1, d0, dtype)

@@ -10,7 +10,7 @@ and its parameters are never written again. Blocks are saved as they finish, so 
 """
 import numpy as np
 
-from ..model import fastpath, fused_flow, model
+from ..model import fastpath, fused_flow, fused_fullcov, model
 from .. import stages
 from ..backend import get_xp, to_numpy
 from ..errors import MinivaeError
@@ -32,8 +32,9 @@ def fit_local(params, cfg, family, x, rngs, max_steps=20000, samples=100, lr=1e-
     "h" and the family's `q.*` keys, steps (N,), converged (N,), trace (N, max_steps // check_every)
     of the window-mean ELBO at each check, NaN after the stop). on_check(step, rows, local).
     h0: starting h (N, P) instead of the family's N(0, I) (see `encoder_init`).
-    impl="auto": the fused paths where they apply (fastpath.QStarFFG for an FFG with an
-    ELU/Bernoulli decoder, the dz-only decoder for other families, the Adam kernel); "ref":
+    impl="auto": the fused paths where they apply (with an ELU/Bernoulli decoder:
+    fastpath.QStarFFG, fused_flow.QStarFlow, fused_fullcov.QStarFullCov; else the dz-only
+    decoder; the Adam kernel); "ref":
     objectives.log_weights and NumPy Adam throughout. Same numbers up to float rounding.
     rngs: one Generator per row (stages.streams), so a row's numbers do not depend on the
     others; or one Generator, split into one per row."""
@@ -122,12 +123,14 @@ def _gradient(params, cfg, family, impl):
 
 
 def _fast_gradient(params, cfg, family, x, samples):
-    """The same by fastpath.QStarFFG (FFG) or fused_flow.QStarFlow (flow) where they apply
-    (ELU, Bernoulli), else None."""
+    """The same by fastpath.QStarFFG, fused_flow.QStarFlow or fused_fullcov.QStarFullCov where
+    they apply (ELU, Bernoulli decoder), else None."""
     if x.dtype != params["dec.fc0.W"].dtype:
         return None
     if fused_flow.supports(cfg, family):
         return fused_flow.QStarFlow(params, family, samples)
+    if fused_fullcov.supports(cfg, family):
+        return fused_fullcov.QStarFullCov(params, family.Z, samples)
     if not fastpath.supports(cfg, family):
         return None
     step = fastpath.QStarFFG(params, x.shape[0], samples)
