@@ -91,6 +91,11 @@ def main(threads):
         set_threads(threads)
 
 
+IMPL_OPTION = click.option("--impl", type=click.Choice(["auto", "ref"]), default="auto",
+                           help="auto: the fused paths where they apply; ref: the reference layer "
+                                "code (the same numbers up to float rounding, slower)")
+
+
 def common(f):
     """--seed, --device, --dtype: every command takes them."""
     f = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")(f)
@@ -137,6 +142,7 @@ def common(f):
 @click.option("--extend", is_flag=True,
               help="let --epochs raise the epochs of an existing --out checkpoint (plain schedule)")
 @click.option("--save-every", type=COUNT, default=1, help="write the checkpoint every N epochs")
+@IMPL_OPTION
 @common
 @click.pass_context
 def train(ctx, **opts):
@@ -171,6 +177,7 @@ def localopt_options(f):
                      help="compare the mean of the last N ELBOs with the best mean every N steps"),
         click.option("--patience", type=COUNT, default=10, help="stop after this many checks without improvement"),
         click.option("--final-samples", type=COUNT, default=5000, help="samples of the final L_VAE[q*]"),
+        IMPL_OPTION,
     ]):
         f = opt(f)
     return f

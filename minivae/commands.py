@@ -39,7 +39,7 @@ def _ais_settings(opts):
 
 
 def _localopt_settings(opts):
-    return {k: opts[k] for k in local.DEFAULTS}
+    return {k: opts[k] for k in local.DEFAULTS if k in opts}
 
 
 def _note(line):
@@ -81,7 +81,8 @@ def train(opts, given=None):
         try:
             x_train, x_valid = training.training_data(cfg, opts["data_dir"])
             cfg = cfg.replace(data_dim=x_train.shape[1])
-            state = training.train(cfg, x_train, x_valid, out, state, xp, opts["save_every"])
+            state = training.train(cfg, x_train, x_valid, out, state, xp, opts["save_every"],
+                                   impl=opts.get("impl", "auto"))
         except KeyboardInterrupt as e:                 # the same type: SIGTERM stays SIGTERM
             done = training.saved_epoch(out)
             saved = f"{out} holds {done} finished epochs" if done else "no epoch was saved yet"

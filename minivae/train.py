@@ -35,12 +35,12 @@ def evaluate_elbo(params, cfg, x, seed, xp=np, k=1, chunk=1000):
 
 
 def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=True, stop_after=None,
-          init=None):
+          init=None, impl="auto"):
     """Train from scratch (state None) or from a loaded checkpoint dict; returns the final state.
 
     x_train, x_valid: uint8/float host arrays (N, D). stop_after: end after this many epochs
     of this call (used to test resuming). init: parameters that replace the fresh ones (e.g. a
-    trained decoder, kept fixed with cfg.freeze="dec").
+    trained decoder, kept fixed with cfg.freeze="dec"). impl: training_step's.
     """
     dtype = np.dtype(cfg.dtype)
     family = get_family(cfg)
@@ -57,7 +57,7 @@ def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=
         rng = rng_from_state(state["rng_state"])
     params, adam, curves = state["params"], state["adam"], state["curves"]
     frozen = tuple(f + "." for f in cfg.freeze.split(",") if f)
-    step = training_step(params, adam, cfg, family, frozen, fastpath.mostly_zeros(x_train))
+    step = training_step(params, adam, cfg, family, frozen, fastpath.mostly_zeros(x_train), impl)
     n_batches = len(x_train) // cfg.batch
     if n_batches == 0:
         raise MinivaeError(f"training set has {len(x_train)} images, fewer than one batch of {cfg.batch}")

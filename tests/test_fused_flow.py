@@ -158,3 +158,53 @@ def test_coupling_and_tril_cuda_twins_compile_to_ptx(dtype):
     for kernel, args in cases:
         ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(numba.typeof(x) for x in args), cc=(8, 0))
         assert ".entry" in ptx
+
+
+# --- the commands: fused by default, the reference with --impl ref -------------------------------
+
+@pytest.mark.parametrize("q", ["flow", "fullcov"])
+def test_cli_train_and_localopt_fused_by_default_equal_to_impl_ref(tmp_path, monkeypatch, q):
+    from minivae import io
+    from minivae.model import fused_fullcov
+    from conftest import run_cli
+    calls = []
+    for cls in ((fused_flow.FlowTrainStep, fused_flow.QStarFlow) if q == "flow" else
+                (fused_fullcov.FullCovTrainStep, fused_fullcov.QStarFullCov)):
+        monkeypatch.setattr(cls, "__call__", lambda self, *a, _f=cls.__call__, **k: calls.append(
+            type(self).__name__) or _f(self, *a, **k))
+    base = ["--epochs", "1", "--train-size", "200", "--latent", "3", "--enc-hidden", "10",
+            "--dec-hidden", "10", "--q", q, "--dtype", "float64", "--batch", "50"]
+    for impl in ("auto", "ref"):
+        code, text = run_cli(["train", *base, "--impl", impl, "--out", str(tmp_path / f"{impl}.h5")])
+        assert code == 0, text
+        assert bool(calls) == (impl == "auto")                       # the fused step, by default only
+        calls.clear()
+    fast, ref = (io.load_checkpoint(tmp_path / f"{i}.h5")["params"] for i in ("auto", "ref"))
+    for k in ref:
+        close(fast[k], ref[k], 1e-8)
+    res = {}
+    for impl in ("auto", "ref"):
+        out = str(tmp_path / f"r-{impl}.h5")
+        code, text = run_cli(["localopt", str(tmp_path / "auto.h5"), "--q", q, "--n", "6", "--split", "train",
+                              "--max-steps", "20", "--check-every", "10", "--samples", "5",
+                              "--final-samples", "20", "--dtype", "float64", "--impl", impl, "--out", out])
+        assert code == 0, text
+        assert bool(calls) == (impl == "auto")
+        calls.clear()
+        res[impl] = io.load_results(out, f"localopt_{q}")[0]
+    close(res["auto"]["elbo"], res["ref"]["elbo"], 1e-8)
+
+
+@pytest.mark.parametrize("q", ["flow", "fullcov"])
+def test_fused_qstar_does_not_depend_on_block(tmp_path, q):
+    cfg, _, params, x, _ = flow_model(n=5)
+    from minivae.model import model
+    cfg = cfg.replace(q=q, dtype="float32")
+    params = {k: v.astype(np.float32) for k, v in model.init_params(cfg, np.random.default_rng(3)).items()}
+    x = x[:5].astype(np.float32)
+    assert localopt._fast_gradient(params, cfg, get_family(cfg), x, 6) is not None
+    s = dict(max_steps=60, samples=6, lr=0.02, check_every=10, patience=2, final_samples=30, seed=4)
+    a = localopt.run(params, cfg, x, q, tmp_path / "a.h5", {**s, "block": 5}, progress=False)
+    b = localopt.run(params, cfg, x, q, tmp_path / "b.h5", {**s, "block": 2}, progress=False)
+    for k in ("elbo", "steps", "trace"):
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

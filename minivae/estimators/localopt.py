@@ -19,7 +19,8 @@ from ..model.optim import batched_adam_init, batched_adam_step
 from ..model.posteriors import get_family
 
 DEFAULTS = dict(init="prior", max_steps=20000, samples=100, lr=1e-3, check_every=100, patience=10,
-                final_samples=5000, block=100, seed=0)
+                final_samples=5000, block=100, seed=0, impl="auto")
+NOT_SETTINGS = ("block", "impl")   # how blocks are run: a resumed stage may change them
 
 
 def _take(d, sel):
@@ -198,7 +199,7 @@ def compute(index, params, cfg, x, q, s, progress=None):
 
     h0 = encoder_init(params, cfg, q, xb) if s["init"] == "encoder" else None
     fit = fit_local(params, cfg, family, xb, rngs, s["max_steps"], s["samples"], s["lr"],
-                    s["check_every"], s["patience"], on_check=report, h0=h0)
+                    s["check_every"], s["patience"], on_check=report, h0=h0, impl=s["impl"])
     elbo, se = local_elbo(params, cfg, family, xb, fit["local"], rngs, s["final_samples"])
     return dict(elbo=elbo, elbo_se=se, steps=fit["steps"], converged=fit["converged"], trace=fit["trace"])
 
@@ -209,7 +210,8 @@ def run(params, cfg, x, q, out, settings=None, meta=None, progress=True, runner=
     s = {**DEFAULTS, **(settings or {})}
     check_settings(s, cfg)
     get_family(cfg.replace(q=q))
-    settings = dict(q=q, dtype=cfg.dtype, **{k: v for k, v in s.items() if k != "block"}, **(meta or {}))
+    settings = dict(q=q, dtype=cfg.dtype, **{k: v for k, v in s.items() if k not in NOT_SETTINGS},
+                    **(meta or {}))
     shared = dict(params=params, cfg=cfg, x=x, q=q, s=s)
     return stages.run(out, f"localopt_{q}", settings, len(x), s["block"], compute, shared,
                       finite=("elbo",), progress=progress, runner=runner, what=f"localopt {q} datapoints")
