@@ -150,9 +150,9 @@ def load_weights(path):
         return {k: f[k] for k in f.files}
 
 
-def weights_arg(path, seed=0):
-    """The weights a peer runs with: the exported file, or minivae's init with this seed."""
-    return load_weights(path) if path else init_weights(seed)
+def weights_arg(path, seed=0, q="ffg"):
+    """The weights a peer runs with: the exported file, or minivae's init (family q) with this seed."""
+    return load_weights(path) if path else init_weights(seed, q)
 
 
 def mnist_train():
@@ -187,6 +187,26 @@ def qstar_inputs(n_data=100, samples=100, seed=0):
     return x, eps
 
 
+def qstar_flow_inputs(n_data=100, samples=100, seed=0):
+    """q*_Flow inputs: x (N, 784) f32, check noise eps (N, S, 2*50) f32 and the per-datapoint
+    nets at their Glorot init (minivae's Flow.init_local): {key: (N, in, out) or (N, 1, out)}."""
+    import numpy as np
+    from minivae.model.flow import Flow
+    x = mnist_train()[:n_data].astype(np.float32)
+    eps = np.random.default_rng([seed, 4]).standard_normal((n_data, samples, 2 * LATENT),
+                                                          dtype=np.float32)
+    _, nets = Flow(LATENT).init_local(np.random.default_rng([seed, 5]), n_data, np.float32, np)
+    return x, eps, nets
+
+
+def check_batch_flow(seed=0):
+    """check_batch with noise of the flow's size: x (100, 784), eps (100, 2*50) f32."""
+    import numpy as np
+    x = mnist_train()[:BATCH].astype(np.float32)
+    eps = np.random.default_rng([seed, 1]).standard_normal((BATCH, 2 * LATENT), dtype=np.float32)
+    return x, eps
+
+
 def mlp_macs(sizes):
     return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
@@ -203,6 +223,16 @@ def flop_per_decoder_grad(rows):
     return 2 * rows * 2 * DEC_MACS
 
 
+# The flow (2 steps): q(v0|z0) and r(vT|zT) nets Z-100-100-2Z, four Z-100-100-Z nets per step.
+# Each net needs forward + weight gradients + input gradients (3x its MACs) in training and q*.
+FLOW_NET_MACS = 2 * mlp_macs([LATENT, 100, 100, 2 * LATENT]) + 8 * mlp_macs([LATENT, 100, 100, LATENT])
+FLOP_PER_FLOW_TRAIN_STEP = FLOP_PER_TRAIN_STEP + 2 * BATCH * 3 * FLOW_NET_MACS
+
+
+def flop_per_qstar_flow_step(rows):
+    return flop_per_decoder_grad(rows) + 2 * rows * 3 * FLOW_NET_MACS
+
+
 # HMC settings of the AIS workload (b): one transition = fresh momentum, L leapfrog steps,
 # Metropolis accept. The gradient at the start point is carried from the last transition, so a
 # transition costs exactly L gradient evaluations.
@@ -217,7 +247,8 @@ def peer_parser(doc):
     ap.add_argument("--weights", default=None, help=".npz of minivae's initial weights "
                     "(default: minivae's init with seed 0)")
     ap.add_argument("--workloads", default="a,b,c", help="comma list of a (train_epoch), "
-                    "b (ais_leapfrog), c (qstar_ffg), m (matmul_peak)")
+                    "b (ais_leapfrog), c (qstar_ffg), d (train_epoch_flow), e (qstar_flow), "
+                    "m (matmul_peak)")
     ap.add_argument("--threads", type=int, default=None, help="BLAS/OpenMP threads")
     ap.add_argument("--epochs-timed", type=int, default=1)
     ap.add_argument("--batches", type=int, default=None, help="(a) time only this many batches")
@@ -231,14 +262,16 @@ def peer_parser(doc):
     return ap
 
 
-WORKLOAD_NAMES = dict(a="train_epoch", b="ais_leapfrog", c="qstar_ffg", m="matmul_peak")
+FLOW_WORKLOADS = ("d", "e")     # these run with the flow model's weights (q.* nets)
+WORKLOAD_NAMES = dict(a="train_epoch", b="ais_leapfrog", c="qstar_ffg", d="train_epoch_flow",
+                      e="qstar_flow", m="matmul_peak")
 
 
-def emit_epoch(side, timing, n, n_full, **fields):
+def emit_epoch(side, timing, n, n_full, workload="train_epoch", **fields):
     """The train_epoch line: `timing` of n batches per repeat, scaled to the n_full of an epoch."""
     t = timing.scaled(n_full / n)
     s = statistics.median(t.wall)
-    emit(workload="train_epoch", side=side, batch=BATCH, latent=LATENT, images=n_full * BATCH,
+    emit(workload=workload, side=side, batch=BATCH, latent=LATENT, images=n_full * BATCH,
          batches_timed=n, extrapolated=n < n_full, **t.fields("epoch_seconds"),
          images_per_second=n_full * BATCH / s, steps_per_second=n_full / s, **fields)
 
@@ -253,9 +286,9 @@ def emit_ais(side, timing, args, check, **extra):
          **check, **extra)
 
 
-def emit_qstar(side, timing, args, check, **extra):
+def emit_qstar(side, timing, args, check, workload="qstar_ffg", **extra):
     s = statistics.median(timing.wall)
-    emit(workload="qstar_ffg", side=side, datapoints=args.q_data, samples=args.q_samples,
+    emit(workload=workload, side=side, datapoints=args.q_data, samples=args.q_samples,
          steps=args.q_steps, **timing.fields(), steps_per_second=args.q_steps / s, **check, **extra)
 
 

@@ -5,6 +5,8 @@ Workloads (the paper's MNIST model: latent 50, decoder 50-200-200-784, ELU, Bern
   ais_leapfrog  HMC on log p(z) + beta log p(x|z), rows = datapoints x chains; throughput in
                 leapfrog gradient evaluations (one = decoder forward + backward over all rows)
   qstar_ffg     Adam steps on per-datapoint (mu, logvar), 100 datapoints x 100 samples
+  train_epoch_flow, qstar_flow   the same two with the paper's flow q (2 steps; for q* every
+                net per datapoint): workloads d and e, not run by default (--workloads a,b,c,d,e)
 
     python benchmarks/compare.py [--threads 1] [--batches N] [--sides minivae,torch,jax]
 
@@ -42,9 +44,11 @@ import numpy as np  # noqa: E402
 SIDES = ("minivae", "torch", "jax")
 PEERS = dict(torch=HERE / "peers" / "torch_peer.py", jax=HERE / "peers" / "jax_peer.py")
 METRIC = dict(train_epoch="images_per_second", ais_leapfrog="grad_evals_per_second",
-              qstar_ffg="steps_per_second")
+              qstar_ffg="steps_per_second", train_epoch_flow="images_per_second",
+              qstar_flow="steps_per_second")
 CPU_SECONDS = dict(train_epoch="cpu_epoch_seconds", ais_leapfrog="cpu_seconds",
-                   qstar_ffg="cpu_seconds")   # the same work on every side
+                   qstar_ffg="cpu_seconds", train_epoch_flow="cpu_epoch_seconds",
+                   qstar_flow="cpu_seconds")   # the same work on every side
 CHECK_RTOL = 1e-3
 
 
@@ -196,6 +200,52 @@ def minivae_qstar(weights, args):
                           grad_check_rel=grad_agreement(grad, reference_grad, h0, eps_check))
 
 
+def minivae_qstar_flow(weights, args):
+    """q*_Flow: first fit_local's step loop as shipped (fused_flow.QStarFlow and the adam_rows
+    kernel) from the shared initial nets, as the peers time it; then localopt.fit_local itself
+    (which also draws every datapoint's initial nets: a fixed cost, large against a few steps)
+    and with impl="ref" (objectives.log_weights, NumPy Adam). The value check: the mean ELBO
+    and the norm of its gradient over h and every net, at h = 0, the shared initial nets and
+    the fixed check noise (the peers compute the same two numbers)."""
+    from minivae.backend import normal
+    from minivae.estimators import localopt
+    from minivae.estimators.localopt import fit_local
+    from minivae.model.objectives import log_weights
+    from minivae.model.optim import batched_adam_init, batched_adam_step
+    from minivae.model.posteriors import get_family
+    cfg = common.paper_config("flow")
+    family = get_family(cfg)
+    dec = {k: v for k, v in weights.items() if k.startswith("dec.")}
+    x, eps, nets = common.qstar_flow_inputs(args.q_data, args.q_samples)
+    N, S = x.shape[0], args.q_samples
+    local = {"h": np.zeros((N, 2 * common.LATENT), np.float32), **nets}
+    logw, back = log_weights({**dec, **local}, cfg, family, x, local["h"], eps, decoder_grads=False)
+    dh, g = back(np.full(logw.shape, 1.0 / S, np.float32))
+    norm = np.sqrt(sum((a.astype(np.float64) ** 2).sum() for a in [dh] + [g[k] for k in nets]))
+    check = dict(check_bound=float(logw.mean(1).mean()), check_grad_norm=float(norm))
+    # fit_local's inner loop (noise, gradient, Adam), from the shared initial nets
+    step = localopt._fast_gradient(dec, cfg, family, x, S)
+    rng = np.random.default_rng(0)
+    work = {k: v.copy() for k, v in local.items()}
+    state, active = batched_adam_init(work, N), np.ones(N, dtype=bool)
+
+    def run_steps():
+        for _ in range(args.q_steps):
+            grads, _ = step(work, x, normal(rng, (N, S, family.noise_dim), x))
+            batched_adam_step(work, grads, state, 1e-3, active)
+
+    timing = common.time_repeats(run_steps, args.repeats, warmup=1)
+    common.emit_qstar("minivae", timing, args, check, workload="qstar_flow", threads=args.threads,
+                      impl=f"{type(step).__module__}.{type(step).__name__}+batched_adam_step")
+    for impl in ("auto", "ref"):       # the library's loop with its set-up (per-row inits) and checks
+        def run():
+            fit_local(dec, cfg, family, x, np.random.default_rng(0), max_steps=args.q_steps,
+                      samples=S, lr=1e-3, check_every=args.q_steps, patience=10 ** 9, impl=impl)
+        timing = common.time_repeats(run, args.repeats, warmup=1)
+        common.emit_qstar("minivae", timing, args, check, workload="qstar_flow", threads=args.threads,
+                          impl="localopt.fit_local" + ("[ref]" if impl == "ref" else ""))
+
+
 def grad_agreement(grad, reference, h, eps):
     """Relative difference of an implementation's d ELBO / d h from the library's, at (h, eps)."""
     a, b = grad(h, eps).astype(np.float64), reference(h, eps).astype(np.float64)
@@ -211,7 +261,7 @@ def matmul_peak(weights=None, args=None, n=2048):
     common.emit_matmul("minivae", timing, n, impl="numpy", threads=getattr(args, "threads", None))
 
 
-MINIVAE = dict(b=minivae_ais, c=minivae_qstar, m=matmul_peak)
+MINIVAE = dict(b=minivae_ais, c=minivae_qstar, e=minivae_qstar_flow, m=matmul_peak)
 
 
 # ---- the driver -------------------------------------------------------------------------------
@@ -257,8 +307,12 @@ def flops(workload, line):
     """FLOPs the work of one line needs (common.FLOP_*), to set against the matmul peak."""
     if workload == "train_epoch":
         return common.FLOP_PER_TRAIN_STEP * line["images"] / line["batch"]
+    if workload == "train_epoch_flow":
+        return common.FLOP_PER_FLOW_TRAIN_STEP * line["images"] / line["batch"]
     if workload == "ais_leapfrog":
         return common.flop_per_decoder_grad(line["rows"]) * line["transitions"] * line["leapfrog"]
+    if workload == "qstar_flow":
+        return common.flop_per_qstar_flow_step(line["datapoints"] * line["samples"]) * line["steps"]
     return common.flop_per_decoder_grad(line["datapoints"] * line["samples"]) * line["steps"]
 
 
@@ -298,24 +352,29 @@ def drive(args):
 
 def drive_in(args, weights):
     sides = args.sides.split(",")
+    flow_weights = weights.replace(".npz", "-flow.npz")
     common.save_weights(weights, common.init_weights(args.seed))
-    shared = ["--weights", weights] + (["--threads", args.threads] if args.threads else [])  # 0: defaults
+    common.save_weights(flow_weights, common.init_weights(args.seed, "flow"))
+    threads = ["--threads", args.threads] if args.threads else []        # 0: defaults
+    shared = ["--weights", weights] + threads
     sizes = ["--repeats", args.repeats, "--ais-data", args.ais_data, "--ais-chains", args.ais_chains,
              "--ais-transitions", args.ais_transitions, "--q-data", args.q_data,
              "--q-samples", args.q_samples, "--q-steps", args.q_steps]
     batches = ["--batches", args.batches] if args.batches else []
     me = Path(__file__).resolve()
 
-    peak_line = pick(child([me, "--side", "minivae", "--workloads", "m"] + shared, args.verbose),
+    peak_line = pick(child([me, "--side", "minivae", "--workloads", "m"] + threads, args.verbose),
                      "matmul_peak")
     peak = peak_line
     summaries = []
     for key in args.workloads.split(","):        # the peers skip what they lack
         workload = common.WORKLOAD_NAMES[key]
+        shared = ["--weights", flow_weights if key in common.FLOW_WORKLOADS else weights] + threads
         lines_by_side = {}
         for side in sides:
-            if side == "minivae" and key == "a":     # the library as shipped, then the reference
-                runs = [[HERE / "train_epoch.py", "--q", "ffg", "--impl", impl] + shared + batches
+            if side == "minivae" and key in ("a", "d"):   # the library as shipped, then the reference
+                q = "ffg" if key == "a" else "flow"
+                runs = [[HERE / "train_epoch.py", "--q", q, "--impl", impl] + shared + batches
                         for impl in ("auto", "ref")]
             elif side == "minivae":
                 runs = [[me, "--side", "minivae", "--workloads", key] + shared + sizes]

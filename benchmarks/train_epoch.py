@@ -62,7 +62,7 @@ def check_values(params, cfg, xp):
     from minivae.model import objectives
     from minivae.backend import to_numpy
     from minivae.model.posteriors import get_family
-    x, eps = common.check_batch()
+    x, eps = common.check_batch() if cfg.q == "ffg" else common.check_batch_flow()
     value, grads = objectives.bound_and_grads(params, cfg, get_family(cfg), xp.asarray(x),
                                               xp.asarray(eps[:, None, :]))
     norm = np.sqrt(sum((to_numpy(g).astype(np.float64) ** 2).sum() for g in grads.values()))
@@ -99,7 +99,7 @@ def main(argv=None):
         x_train = common.mnist_train()
         weights = common.load_weights(args.weights) if args.weights else None
         step, rng, params = make_step(cfg, x_train, xp, args.seed, args.impl, weights)
-        check = check_values(params, cfg, xp) if args.q == "ffg" else {}
+        check = check_values(params, cfg, xp) if args.q in ("ffg", "flow") else {}
     except Exception as e:   # a family not written yet, no GPU, ...: say so on the JSON line
         common.skipped(workload, f"{type(e).__name__}: {e}", side="minivae", q=args.q)
         return 0
@@ -130,7 +130,8 @@ def main(argv=None):
         bounds.append(running / n)
 
     timing = common.time_repeats(epoch, args.epochs_timed, warmup=0, sync=sync)
-    common.emit_epoch("minivae", timing, n, n_full, q=args.q, device=args.device,
+    workload = "train_epoch" if args.q == "ffg" else f"train_epoch_{args.q}"
+    common.emit_epoch("minivae", timing, n, n_full, workload=workload, q=args.q, device=args.device,
                       epochs_timed=args.epochs_timed, train_bound=bounds[-1], threads=args.threads,
                       impl="minivae.train.training_step" + ("[ref]" if args.impl == "ref" else ""),
                       **check)

@@ -8,6 +8,8 @@
                steps (lax.fori_loop), Metropolis accept
   qstar_ffg    Adam on per-datapoint (mu, logvar) of 100 datapoints x 100 samples, decoder
                fixed; one jitted step
+  train_epoch_flow, qstar_flow  the same with the paper's flow q (2 steps, nets Z-100-100-*;
+               for q* every net per datapoint)
 
     python benchmarks/peers/jax_peer.py [--weights init.npz] [--workloads a,b,c] [--threads 1]
 
@@ -59,6 +61,35 @@ def elbo_ffg(ws, x, h, eps):
     return (log_lik(ws, x[:, None, :], z) + log_prior(z) - logq).mean(1)
 
 
+def flow_sample(ws, h, eps, steps=2):
+    """The paper's flow (minivae.model.flow): zT (B, K, Z) and the bound's logq (B, K) for
+    h = [mu0, logvar0] (B, 2Z), eps (B, K, 2Z); nets shared (W (in, out)) or one per
+    datapoint (W (B, in, out), b (B, 1, out): the same matmul broadcasts)."""
+    Z = eps.shape[-1] // 2
+    mu0, lv0 = h[:, None, :Z], h[:, None, Z:]
+    ez, ev = eps[..., :Z], eps[..., Z:]
+    z = mu0 + jnp.exp(0.5 * lv0) * ez
+    qv = mlp(ws, "q.qv", z)
+    v = qv[..., :Z] + jnp.exp(0.5 * qv[..., Z:]) * ev
+    logdet = 0.0
+    for t in range(steps):
+        a1, m1 = mlp(ws, f"q.s{t}.s1", z), mlp(ws, f"q.s{t}.m1", z)
+        v = v * 2 * jax.nn.sigmoid(a1) + m1
+        a2, m2 = mlp(ws, f"q.s{t}.s2", v), mlp(ws, f"q.s{t}.m2", v)
+        z = z * 2 * jax.nn.sigmoid(a2) + m2
+        logdet = logdet + (2 * math.log(2.0) - jax.nn.softplus(-a1) - jax.nn.softplus(-a2)).sum(-1)
+    rv = mlp(ws, "q.rv", z)
+    mr, lr = rv[..., :Z], rv[..., Z:]
+    logr = -0.5 * ((v - mr) ** 2 * jnp.exp(-lr) + lr + LOG2PI).sum(-1)
+    logq0 = -0.5 * (ez * ez + ev * ev + lv0 + qv[..., Z:] + 2 * LOG2PI).sum(-1)
+    return z, logq0 - logdet - logr
+
+
+def elbo_flow(ws, x, h, eps):
+    z, logq = flow_sample(ws, h, eps)
+    return (log_lik(ws, x[:, None, :], z) + log_prior(z) - logq).mean(1)
+
+
 def adam_init(params):
     def zeros():        # m and v need buffers of their own: steps donate them
         return jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -81,14 +112,16 @@ def block(tree):
     jax.tree_util.tree_map(lambda a: a.block_until_ready(), tree)
 
 
-def train_epoch(weights, args):
-    ws = {k: jnp.asarray(v) for k, v in weights.items()}
+def train_epoch(weights, args, flow=False):
+    ws = {k: jnp.asarray(v) for k, v in weights.items() if flow or not k.startswith("q.")}
     B, Z = common.BATCH, common.LATENT
+    E = 2 * Z if flow else Z
+    elbo = elbo_flow if flow else elbo_ffg
 
     def batch_bound(ws, xb, eps):
-        return elbo_ffg(ws, xb, mlp(ws, "enc", xb), eps).mean()
+        return elbo(ws, xb, mlp(ws, "enc", xb), eps).mean()
 
-    xc, ec = common.check_batch()
+    xc, ec = common.check_batch_flow() if flow else common.check_batch()
     value, grads = jax.jit(jax.value_and_grad(batch_bound))(ws, xc, ec[:, None, :])
     check = dict(check_bound=float(value), check_grad_norm=math.sqrt(sum(
         float((np.asarray(g, np.float64) ** 2).sum()) for g in jax.tree_util.tree_leaves(grads))))
@@ -97,7 +130,7 @@ def train_epoch(weights, args):
     def step(ws, opt, key, x_all, perm, b):
         key, sub = jax.random.split(key)
         xb = x_all[jax.lax.dynamic_slice(perm, (b * B,), (B,))].astype(jnp.float32)
-        eps = jax.random.normal(sub, (B, 1, Z))
+        eps = jax.random.normal(sub, (B, 1, E))
         value, grads = jax.value_and_grad(batch_bound)(ws, xb, eps)
         ws, opt = adam_ascent(ws, grads, opt, 1e-3)
         return ws, opt, key, value
@@ -121,7 +154,8 @@ def train_epoch(weights, args):
 
     run(5)                                       # compile + warm-up
     timing = common.time_repeats(lambda: run(n), args.epochs_timed, warmup=0)
-    common.emit_epoch(SIDE, timing, n, n_full, q="ffg", **check, **meta())
+    common.emit_epoch(SIDE, timing, n, n_full, workload="train_epoch_flow" if flow else "train_epoch",
+                      q="flow" if flow else "ffg", **check, **meta())
 
 
 def ais_leapfrog(weights, args):
@@ -197,6 +231,38 @@ def qstar_ffg(weights, args):
     common.emit_qstar(SIDE, common.time_repeats(run, args.repeats, warmup=1), args, check, **meta())
 
 
+def qstar_flow(weights, args):
+    """Adam on per-datapoint h and flow nets (W (N, in, out)), decoder fixed; one jitted step."""
+    dec = {k: jnp.asarray(v) for k, v in weights.items() if k.startswith("dec.")}
+    x_np, eps_np, nets = common.qstar_flow_inputs(args.q_data, args.q_samples)
+    x = jnp.asarray(x_np)
+    local = {"h": jnp.zeros((args.q_data, 2 * common.LATENT), jnp.float32),
+             **{k: jnp.asarray(v) for k, v in nets.items()}}
+
+    def objective(local, eps):
+        return elbo_flow({**dec, **local}, x, local["h"], eps).sum()   # independent per datapoint
+
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def step(local, opt, key):
+        key, sub = jax.random.split(key)
+        g = jax.grad(objective)(local, jax.random.normal(sub, eps_np.shape))
+        local, opt = adam_ascent(local, g, opt, 1e-3)
+        return local, opt, key
+
+    value, g = jax.jit(jax.value_and_grad(objective))(local, jnp.asarray(eps_np))
+    check = dict(check_bound=float(value) / args.q_data, check_grad_norm=math.sqrt(sum(
+        float((np.asarray(a, np.float64) ** 2).sum()) for a in jax.tree_util.tree_leaves(g))))
+    state = [local, adam_init(local), jax.random.PRNGKey(0)]
+
+    def run():
+        for _ in range(args.q_steps):
+            state[:] = step(*state)
+        block(state[0])
+
+    common.emit_qstar(SIDE, common.time_repeats(run, args.repeats, warmup=1), args, check,
+                      workload="qstar_flow", **meta())
+
+
 def matmul_peak(weights, args):
     n = 2048
     a = jax.random.normal(jax.random.PRNGKey(1), (n, n))
@@ -212,7 +278,8 @@ def meta():
                     "XLA_FLAGS", "") else "default")
 
 
-WORKLOADS = dict(a=train_epoch, b=ais_leapfrog, c=qstar_ffg, m=matmul_peak)
+WORKLOADS = dict(a=train_epoch, b=ais_leapfrog, c=qstar_ffg, d=partial(train_epoch, flow=True),
+                 e=qstar_flow, m=matmul_peak)
 
 
 def main(argv=None):
@@ -226,9 +293,9 @@ def main(argv=None):
         for w in todo:
             common.skipped(common.WORKLOAD_NAMES[w], "jax not installed", side=SIDE)
         return 0
-    weights = common.weights_arg(args.weights)
     for w in todo:
-        WORKLOADS[w](weights, args)
+        WORKLOADS[w](common.weights_arg(args.weights, q="flow" if w in common.FLOW_WORKLOADS else "ffg"),
+                     args)
     return 0
 
 

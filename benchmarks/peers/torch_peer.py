@@ -5,6 +5,8 @@
   ais_leapfrog HMC transitions on log p(z) + beta log p(x|z) of the decoder 50-200-200-784,
                rows = datapoints x chains; throughput in leapfrog gradient evaluations
   qstar_ffg    Adam on per-datapoint (mu, logvar) of 100 datapoints x 100 samples, decoder fixed
+  train_epoch_flow, qstar_flow  the same with the paper's flow q (2 steps, nets Z-100-100-*;
+               for q* every net per datapoint)
 
     python benchmarks/peers/torch_peer.py [--weights init.npz] [--workloads a,b,c] [--threads N]
 
@@ -12,12 +14,15 @@ Prints one JSON line per workload; {"skipped": "torch not installed"} when torch
 """
 import math
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common  # noqa: E402
 
 common.early_threads()
+
+import numpy as np  # noqa: E402
 
 LOG2PI = math.log(2 * math.pi)
 SIDE = "torch"
@@ -51,17 +56,47 @@ def elbo_ffg(ws, x, h, eps):
     return (log_lik(ws, x[:, None, :], z) + log_prior(z) - logq).mean(1)
 
 
+def flow_sample(ws, h, eps, steps=2):
+    """The paper's flow (minivae.model.flow): zT (B, K, Z) and the bound's logq (B, K); nets
+    shared (W (in, out)) or one per datapoint (W (B, in, out), b (B, 1, out))."""
+    F = torch.nn.functional
+    Z = eps.shape[-1] // 2
+    mu0, lv0 = h[:, None, :Z], h[:, None, Z:]
+    ez, ev = eps[..., :Z], eps[..., Z:]
+    z = mu0 + torch.exp(0.5 * lv0) * ez
+    qv = mlp(ws, "q.qv", z)
+    v = qv[..., :Z] + torch.exp(0.5 * qv[..., Z:]) * ev
+    logdet = 0.0
+    for t in range(steps):
+        a1, m1 = mlp(ws, f"q.s{t}.s1", z), mlp(ws, f"q.s{t}.m1", z)
+        v = v * 2 * torch.sigmoid(a1) + m1
+        a2, m2 = mlp(ws, f"q.s{t}.s2", v), mlp(ws, f"q.s{t}.m2", v)
+        z = z * 2 * torch.sigmoid(a2) + m2
+        logdet = logdet + (2 * math.log(2.0) - F.softplus(-a1) - F.softplus(-a2)).sum(-1)
+    rv = mlp(ws, "q.rv", z)
+    mr, lr = rv[..., :Z], rv[..., Z:]
+    logr = -0.5 * ((v - mr) ** 2 * torch.exp(-lr) + lr + LOG2PI).sum(-1)
+    logq0 = -0.5 * (ez * ez + ev * ev + lv0 + qv[..., Z:] + 2 * LOG2PI).sum(-1)
+    return z, logq0 - logdet - logr
+
+
+def elbo_flow(ws, x, h, eps):
+    z, logq = flow_sample(ws, h, eps)
+    return (log_lik(ws, x[:, None, :], z) + log_prior(z) - logq).mean(1)
+
+
 def tensors(weights, requires_grad=False):
     return {k: torch.tensor(v, requires_grad=requires_grad) for k, v in weights.items()}
 
 
-def train_epoch(weights, args):
-    ws = tensors(weights, requires_grad=True)
+def train_epoch(weights, args, flow=False):
+    ws = tensors({k: v for k, v in weights.items() if flow or not k.startswith("q.")}, requires_grad=True)
     opt = torch.optim.Adam(list(ws.values()), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    elbo, E = (elbo_flow, 2 * common.LATENT) if flow else (elbo_ffg, common.LATENT)
 
     # cross-check: the bound and its gradient on a fixed batch, before any step
-    xc, ec = (torch.tensor(a) for a in common.check_batch())
-    value = elbo_ffg(ws, xc, mlp(ws, "enc", xc), ec[:, None, :]).mean()
+    xc, ec = (torch.tensor(a) for a in (common.check_batch_flow() if flow else common.check_batch()))
+    value = elbo(ws, xc, mlp(ws, "enc", xc), ec[:, None, :]).mean()
     grads = torch.autograd.grad(value, list(ws.values()))
     check = dict(check_bound=value.item(),
                  check_grad_norm=math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads)))
@@ -73,8 +108,8 @@ def train_epoch(weights, args):
 
     def step(idx):
         xb = x_all[idx].float()
-        eps = torch.randn(common.BATCH, 1, common.LATENT, generator=gen)
-        loss = -elbo_ffg(ws, xb, mlp(ws, "enc", xb), eps).mean()
+        eps = torch.randn(common.BATCH, 1, E, generator=gen)
+        loss = -elbo(ws, xb, mlp(ws, "enc", xb), eps).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -88,7 +123,8 @@ def train_epoch(weights, args):
     for b in range(5):
         step(warm[b * common.BATCH:(b + 1) * common.BATCH])
     timing = common.time_repeats(epoch, args.epochs_timed, warmup=0)
-    common.emit_epoch(SIDE, timing, n, n_full, q="ffg", **check, **meta())
+    common.emit_epoch(SIDE, timing, n, n_full, workload="train_epoch_flow" if flow else "train_epoch",
+                      q="flow" if flow else "ffg", **check, **meta())
 
 
 def ais_leapfrog(weights, args):
@@ -153,6 +189,35 @@ def qstar_ffg(weights, args):
     common.emit_qstar(SIDE, common.time_repeats(run, args.repeats, warmup=1), args, check, **meta())
 
 
+def qstar_flow(weights, args):
+    """Adam on per-datapoint h and flow nets (W (N, in, out)), decoder fixed."""
+    ws = tensors({k: v for k, v in weights.items() if k.startswith("dec.")})
+    x_np, eps_np, nets = common.qstar_flow_inputs(args.q_data, args.q_samples)
+    x, eps_check = torch.tensor(x_np), torch.tensor(eps_np)
+    local = tensors({"h": np.zeros((args.q_data, 2 * common.LATENT), np.float32), **nets},
+                    requires_grad=True)
+    opt = torch.optim.Adam(list(local.values()), lr=1e-3)
+    value = elbo_flow({**ws, **local}, x, local["h"], eps_check).sum()
+    grads = torch.autograd.grad(value, list(local.values()))
+    check = dict(check_bound=value.item() / args.q_data,
+                 check_grad_norm=math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads)))
+    gen = torch.Generator().manual_seed(0)
+
+    def step():
+        eps = torch.randn(eps_check.shape, generator=gen)
+        loss = -elbo_flow({**ws, **local}, x, local["h"], eps).sum()   # independent per datapoint
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def run():
+        for _ in range(args.q_steps):
+            step()
+
+    common.emit_qstar(SIDE, common.time_repeats(run, args.repeats, warmup=1), args, check,
+                      workload="qstar_flow", **meta())
+
+
 def matmul_peak(weights, args):
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -165,7 +230,8 @@ def meta():
     return dict(version=torch.__version__, threads=torch.get_num_threads())
 
 
-WORKLOADS = dict(a=train_epoch, b=ais_leapfrog, c=qstar_ffg, m=matmul_peak)
+WORKLOADS = dict(a=train_epoch, b=ais_leapfrog, c=qstar_ffg, d=partial(train_epoch, flow=True),
+                 e=qstar_flow, m=matmul_peak)
 
 
 def main(argv=None):
@@ -180,9 +246,9 @@ def main(argv=None):
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    weights = common.weights_arg(args.weights)
     for w in todo:
-        WORKLOADS[w](weights, args)
+        WORKLOADS[w](common.weights_arg(args.weights, q="flow" if w in common.FLOW_WORKLOADS else "ffg"),
+                     args)
     return 0
 
 
