@@ -103,7 +103,8 @@ def common(f):
 @click.option("--q", "q", type=click.Choice(["ffg", "fullcov", "flow"]), default="ffg",
               help="posterior family")
 @click.option("--dataset", default="mnist",
-              help="mnist (embedded), mnist-idx, fashion, cifar10 (conv model, latent 32, discretized "
+              help="mnist (embedded), mnist-idx, fashion (thresholded as the authors did), "
+                   "fashion-stochastic, cifar10 (conv model, latent 32, discretized "
                    "logistic likelihood, warm-up 20 epochs, 4 flow steps unless given)")
 @click.option("--arch", type=click.Choice(["mlp", "conv"]), default=None,
               help="mlp, or conv (paper Table 9, colour images) [default: conv for cifar10, else mlp]")

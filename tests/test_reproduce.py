@@ -163,4 +163,5 @@ def test_the_report_lists_every_difference_from_the_authors_protocol():
     assert "first 1000 training datapoints" in paper and "none in the data protocol" in paper
     test = protocol("mnist", "test", 100, "train")
     assert "--split test" in test and "100 datapoints, not 1000" in test
-    assert "threshold at 0.5" in protocol("fashion", "train", 1000, "train")
+    fashion = protocol("fashion", "train", 1000, "train")
+    assert "(intensity / 255 >= 0.5)" in fashion and "none in the data protocol" in fashion
