@@ -361,5 +361,12 @@ def export(ckpt, out, layout):
     click.echo(commands.export(ckpt, out, layout))
 
 
+@main.command()
+def models():
+    """List the models shipped with minivae (use one as CKPT: paper:NAME), with their provenance."""
+    from minivae import commands
+    click.echo(commands.models())
+
+
 if __name__ == "__main__":
     sys.exit(main())

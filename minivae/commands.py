@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from . import data, interop, io, outputs, stages
+from . import data, interop, io, outputs, pretrained, stages
 from . import export as exporting, sample as sampling, train as training
 from .estimators import ais as annealing, bdmc as bidirectional, evaluate, gaps as gap, iwae as iw
 from .estimators import localopt as local
@@ -207,3 +207,17 @@ def import_model(weights, spec, out):
 def export(ckpt, out, layout):
     """`minivae export`: a checkpoint as safetensors (or npz) plus its spec; returns the summary line."""
     return exporting.export_model(ckpt, out, layout)
+
+
+def models():
+    """`minivae models`: the shipped models, each with its provenance; returns the text."""
+    rows = pretrained.describe()
+    if not rows:
+        return "no models are shipped with this installation"
+    lines = []
+    for r in rows:
+        bounds = ", ".join(f"{k.replace('_', ' ')} {r[k]}" for k in ("train_bound", "valid_elbo") if k in r)
+        lines += [f"{r['name']}: {r['dataset']}, q {r['q']}, {r['epochs']} epochs ({bounds}), {r['mb']} MB",
+                  f"    trained by: {r['command']}",
+                  f"    commit {r['commit']}, {r['date']}" + (f"; log {r['log']}" if r["log"] else "")]
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ import tempfile
 import h5py
 import numpy as np
 
-from . import __version__
+from . import __version__, pretrained
 from .backend import to_numpy
 from .model.config import Config
 from .errors import CheckpointError
@@ -106,7 +106,7 @@ def _upgrade(config, version):
 def load_checkpoint(path, xp=np):
     """A dict with params, config, epoch, adam (or None), rng_state, curves, version; the
     tensors checked against the model the config describes (validate_checkpoint)."""
-    with _open(path, CHECKPOINT_KIND, "checkpoint") as f:
+    with _open(pretrained.locate(path), CHECKPOINT_KIND, "checkpoint") as f:
         try:
             config = _upgrade(Config.from_json(f.attrs["config"]), f.attrs["version"])
             params = _read_dict(f["params"])
