@@ -327,13 +327,16 @@ def gaps(**opts):
 @click.option("--seed", type=NATURAL, default=0, help="same seed, same numbers")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train",
               help="tables: evaluate the first n datapoints of this split (train: the authors' protocol)")
+@click.option("--only", default="", metavar="NAMES",
+              help="tables: train and evaluate only these of the experiment's models (comma-separated, "
+                   "e.g. ffg); a later run without --only reuses them [default: all]")
 @where_to_run
-def reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler):
+def reproduce(experiment, dataset, budget, out, seed, split, only, workers, scheduler):
     """Run one of the paper's experiments and write DIR/report.md beside the paper's numbers.
     Reruns reuse finished models and result stages. With --workers/--scheduler (tables), the
     models train at once on the cluster, then every evaluation stage runs there."""
     from minivae import commands
-    commands.reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler)
+    commands.reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler, only)
 
 
 # -- bring your own VAE (issue 16): import weights trained elsewhere, export a model -----------

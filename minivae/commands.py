@@ -187,11 +187,12 @@ def gaps(opts):
                   f"datapoints; the others stopped at --max-steps {opts['max_steps']}")
 
 
-def reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler):
+def reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler, only=""):
     """`minivae reproduce`: one of the paper's experiments, its report in OUT/report.md."""
+    names = [name.strip() for name in only.split(",") if name.strip()]
     with stages.executor(workers, scheduler) as runner:
         repro.run(experiment, dataset, budget, out or f"runs/{experiment}-{dataset}-{budget}", seed,
-                  runner=runner, split=split)
+                  runner=runner, split=split, only=names)
 
 
 def import_model(weights, spec, out):

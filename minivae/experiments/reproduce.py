@@ -17,13 +17,14 @@ from .report import write_report
 from .training import train_models
 
 
-def run_table(experiment, dataset, budget, out, seed=0, log=print, runner=None, split=EVAL_SPLIT):
+def run_table(experiment, dataset, budget, out, seed=0, log=print, runner=None, split=EVAL_SPLIT, only=()):
     """Train the experiment's models, compute their gap tables on the first n datapoints of
     `split` (the authors' protocol: training datapoints), write report.md; returns tables.
     runner: a stages runner (minivae.cluster): the models that do not depend on another train
-    at once on its cluster, then every evaluation stage runs as its tasks."""
+    at once on its cluster, then every evaluation stage runs as its tasks. only: names of the
+    models to train and evaluate (the model a frozen decoder comes from is trained too)."""
     b = budget_for(budget, dataset)
-    specs, qstar = models(experiment)
+    specs, qstar = select(*models(experiment), only, experiment)
     cfgs = {name: model_config(dataset, budget, overrides, seed, experiment) for name, overrides in specs}
     x_train, x_valid = train.training_data(next(iter(cfgs.values())).replace(train_size=0))
     x_eval = data.load(dataset, split)[:b["n"]]
@@ -55,6 +56,18 @@ def run_table(experiment, dataset, budget, out, seed=0, log=print, runner=None, 
     return tables
 
 
+def select(specs, qstar, only, experiment):
+    """The experiment's (specs, qstar) restricted to the models named in `only` (all if empty)."""
+    names = [name for name, _ in specs]
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise MinivaeError(f"--only {','.join(unknown)}: {experiment} trains {', '.join(names)}")
+    if not only:
+        return specs, qstar
+    needs = set(only) | {"base" for name, ov in specs if name in only and ov.get("freeze") == "dec"}
+    return [(name, ov) for name, ov in specs if name in needs], qstar
+
+
 def protocol(dataset, split, n, train_split):
     """The report's statement of the evaluation protocol and where it differs from the authors'."""
     which = "training" if split == "train" else f"{split}-split"
@@ -78,7 +91,7 @@ def protocol(dataset, split, n, train_split):
     return "\n".join(lines) + "\n"
 
 
-def run(experiment, dataset, budget, out, seed=0, log=print, runner=None, split=EVAL_SPLIT):
+def run(experiment, dataset, budget, out, seed=0, log=print, runner=None, split=EVAL_SPLIT, only=()):
     if budget not in BUDGETS:
         raise MinivaeError(f"unknown budget {budget!r}: choose smoke, cpu or paper")
     if dataset not in ("mnist", "fashion", "cifar10"):
@@ -86,10 +99,13 @@ def run(experiment, dataset, budget, out, seed=0, log=print, runner=None, split=
     if dataset == "cifar10" and experiment not in CIFAR_EXPERIMENTS:
         raise MinivaeError(f"the paper runs {experiment} on MNIST and Fashion-MNIST only: use "
                            "--dataset mnist or fashion (CIFAR-10: table2)")
+    if only and experiment in ("fig2", "fig3"):
+        raise MinivaeError(f"--only selects the models of a table; {experiment} has no choice of models")
+    select(*models(experiment), only, experiment)                    # an unknown name: before any work
     log(f"{experiment} on {dataset}, budget {budget}: settings\n"
         + json.dumps(budget_for(budget, dataset), indent=1))
     if experiment == "fig2":
         return run_fig2(dataset, budget, out, seed, log)
     if experiment == "fig3":
         return run_fig3(dataset, budget, out, seed, log)
-    return run_table(experiment, dataset, budget, out, seed, log, runner, split)
+    return run_table(experiment, dataset, budget, out, seed, log, runner, split, only)
