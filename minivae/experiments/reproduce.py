@@ -101,7 +101,8 @@ def run(experiment, dataset, budget, out, seed=0, log=print, runner=None, split=
                            "--dataset mnist or fashion (CIFAR-10: table2)")
     if only and experiment in ("fig2", "fig3"):
         raise MinivaeError(f"--only selects the models of a table; {experiment} has no choice of models")
-    select(*models(experiment), only, experiment)                    # an unknown name: before any work
+    if only:                                                         # an unknown name: before any work
+        select(*models(experiment), only, experiment)
     log(f"{experiment} on {dataset}, budget {budget}: settings\n"
         + json.dumps(budget_for(budget, dataset), indent=1))
     if experiment == "fig2":
