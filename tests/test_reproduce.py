@@ -92,6 +92,15 @@ def test_only_runs_the_named_models_and_a_full_run_reuses_them(tmp_path):
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0 and "reusing mnist" not in result.output
     assert f"reusing {out / 'models' / 'ffg.h5'}" in result.output and "flow (ours)" in (out / "report.md").read_text()
+    # the gaps command with the budget's settings adds to the same stages: here it reuses them all
+    gaps = ["gaps", str(out / "models" / "ffg.h5"), "--split", "train", "--n", "3", "--k", "20",
+            "--chains", "3", "--steps", "10", "--leapfrog", "3", "--block", "3", "--max-steps", "100",
+            "--samples", "5", "--check-every", "20", "--patience", "2", "--final-samples", "50",
+            "--out", str(out / "results" / "ffg.h5")]
+    before = (out / "results" / "ffg.h5").read_bytes()
+    result = CliRunner().invoke(cli.main, gaps)
+    assert result.exit_code == 0, result.output
+    assert (out / "results" / "ffg.h5").read_bytes() == before
     # table4's small encoders need their base model's decoder: asking for one trains the base too
     from minivae.experiments import budgets, reproduce
     specs, _ = reproduce.select(*budgets.models("table4"), ["small_flow"], "table4")

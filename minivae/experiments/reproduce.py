@@ -44,7 +44,9 @@ def run_table(experiment, dataset, budget, out, seed=0, log=print, runner=None, 
         cfg = cfgs[name]
         t0 = time.perf_counter()
         xe = data.to_float(x_eval, cfg.likelihood, cfg.dtype)
-        meta = dict(split=split, dataset=dataset, checkpoint=name)
+        # the stages' metadata is the gaps command's: `minivae gaps models/NAME.h5 --split SPLIT
+        # --out results/NAME.h5` with this budget's settings adds to the same stages, and back
+        meta = dict(split=split, dataset=dataset, checkpoint=evaluate.file_digest(path[name]))
         chunk = min(b["chunk"], evaluate.decoder_chunk(None, cfg))     # conv decoders: memory
         results = gaps.collect(params_of[name], cfg, xe, os.path.join(out, "results", f"{name}.h5"),
                                b["k"], chunk, ais.Settings(**b["ais"]), b["ais_block"],
