@@ -11,22 +11,19 @@ the step count t, exactly as minivae.model.optim does (module docstring there):
 Each follows its NumPy reference's order of operations (adam_dense: (1 - b2) (g g) and
 step (m / d); adam_rows: ((1 - b2) g) g and (step m) / d) with every product rounded on its
 own (no FMA), and scalars rounded to the arrays' dtype as NumPy does with Python floats: the
-CPU kernels give optim's NumPy updates bit for bit. (kernels.adam.adam_batched computes the
-bias corrections itself, with a float32 pow that can differ from NumPy's in the last bit.)
+CPU kernels give the references bit for bit. The bias corrections (step, eps_hat) are
+computed once, by the caller, in NumPy: a float32 pow inside a kernel could differ in the last bit.
 """
 import math
 
 from numba import cuda, njit, prange
 
-from minivae.backend import get_xp
-
 from . import _dispatch as dp
-from ._threads import run_cpu
 
 
 def adam_dense_ref(p, g, m, v, step, eps_hat, b1, b2):
     """One Adam update of p, m, v in place: the NumPy spec (optim.adam_step's impl="ref")."""
-    xp = get_xp(p)
+    xp = dp.get_xp(p)
     m *= b1
     m += (1 - b1) * g
     v *= b2
@@ -66,8 +63,11 @@ def _adam_dense_cuda(p, g, m, v, step, eps_hat, b1, b2):
 
 
 def adam_rows_ref(p, g, m, v, step, eps_hat, active, b1, b2):
-    xp = get_xp(p)
-    a, s, e = active[:, None], step[:, None], eps_hat[:, None]
+    """One Adam update per active row, in place: the NumPy spec (optim.batched_adam_step's
+    impl="ref"). p, g, m, v: (N, ...) of any trailing shape; step, eps_hat, active: (N,)."""
+    xp = dp.get_xp(p)
+    col = (-1,) + (1,) * (p.ndim - 1)
+    a, s, e = active.reshape(col), step.reshape(col), eps_hat.reshape(col)
     m[...] = xp.where(a, b1 * m + (1 - b1) * g, m)
     v[...] = xp.where(a, b2 * v + (1 - b2) * g * g, v)
     p[...] = xp.where(a, p + s * m / (xp.sqrt(v) + e), p)
@@ -114,7 +114,7 @@ def adam_rows(p, g, m, v, step, eps_hat, active, b1=0.9, b2=0.999, impl="auto"):
     if impl == "ref":
         adam_rows_ref(*args)
     elif impl == "cpu":
-        run_cpu(_adam_rows_cpu, p.size, *args)
+        dp.cpu(_adam_rows_cpu, p.size, *args)
     else:
         _adam_rows_cuda[dp.grid_elems(p.size, p)](*args)
 
@@ -132,6 +132,6 @@ def adam_dense(p, g, m, v, step, eps_hat, b1=0.9, b2=0.999, impl="auto"):
         raise ValueError("adam_dense needs C-contiguous arrays (it updates flat views of them)")
     flat = [a.reshape(-1) for a in (p, g, m, v)]
     if impl == "cpu":
-        run_cpu(_adam_dense_cpu, p.size, *flat, *args)
+        dp.cpu(_adam_dense_cpu, p.size, *flat, *args)
     else:
         _adam_dense_cuda[dp.grid_elems(p.size, p)](*flat, *args)
