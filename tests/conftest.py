@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from kernels import _dispatch
 from minivae import data
 
 # Tests find the shared datasets relative to the repo (../shared/data), never an absolute path.
@@ -99,3 +100,10 @@ def interrupt_after(m):
                 raise KeyboardInterrupt
             yield done
     return runner
+
+
+@pytest.fixture
+def small_launch(monkeypatch):
+    """A small CUDA block and grid, so that grid-stride loops and block reductions wrap."""
+    monkeypatch.setattr(_dispatch, "BLOCK", 8)
+    monkeypatch.setattr(_dispatch, "MAX_GRID", 3)
