@@ -11,8 +11,8 @@ posterior, ELU hidden layers and a Bernoulli decoder.
 The maths is the layer code's (nn, densities, posteriors, optim: the FD-checked reference);
 here the matrix products write into preallocated buffers, the elementwise work between them
 runs in fused kernels (kernels/), the encoder's first product skips the zeros of binarized
-images, and Adam updates every parameter in one kernel call. tests/test_fastpaths.py checks
-each against the reference. `supports` says when they apply; callers fall back otherwise.
+images, and Adam updates every parameter in one kernel call. tests/test_train_step.py,
+test_decoder_fused.py and test_localopt.py check each against the reference. `supports` says when they apply; callers fall back otherwise.
 """
 import numpy as np
 
