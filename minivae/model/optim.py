@@ -40,7 +40,7 @@ def adam_scalars(state, lr, b1=0.9, b2=0.999, eps=1e-8):
 
 def adam_step(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8, impl="auto"):
     """One ascent step on every key of `grads`, in place (params, m, v updated).
-    impl: "ref" kernels.adam.adam_dense_ref (NumPy), "kernel" kernels.adam_dense (the same
+    impl: "ref" kernels.adam.adam_dense_ref (NumPy), "kernel" its kernel adam_dense (the same
     numbers, one pass per key), "auto" the kernel where it can run."""
     step, eps_hat = adam_scalars(state, lr, b1, b2, eps)
     for k, g in grads.items():
