@@ -6,7 +6,9 @@ import pytest
 
 from kernels import adam
 from minivae.model import optim
-from minivae.testing.kernels import DTYPES, close, cuda_twin, ref_and_cuda, rng
+from minivae.testing.kernels import DTYPES, close, ref_and_cuda, rng
+
+from conftest import cuda_twin
 
 
 def adam_state(dtype, shape):

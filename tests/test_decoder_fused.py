@@ -11,8 +11,9 @@ from minivae.estimators import ais
 from minivae.model import densities, fastpath, model, nn, objectives
 from minivae.model.config import Config
 from minivae.model.posteriors import get_family
-from minivae.testing.kernels import DTYPES, both, close, cuda_twin, ref_and_cuda, rng, run
+from minivae.testing.kernels import DTYPES, both, close, ref_and_cuda, rng, run
 
+from conftest import cuda_twin
 from test_train_step import near, small
 
 

@@ -8,7 +8,9 @@ import pytest
 
 from kernels import ais_weights, leapfrog
 from minivae.estimators import hmc
-from minivae.testing.kernels import DTYPES, both, close, cuda_twin, ref_and_cuda, rng, run
+from minivae.testing.kernels import DTYPES, both, close, ref_and_cuda, rng, run
+
+from conftest import cuda_twin
 
 hmc_accept = importlib.import_module("kernels.hmc_accept")  # kernels.hmc_accept is the function
 

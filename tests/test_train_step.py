@@ -11,7 +11,9 @@ from minivae.model import fastpath, model, objectives, optim
 from minivae.model.config import Config
 from minivae.model.posteriors import get_family
 from minivae.testing.gradcheck import check_each
-from minivae.testing.kernels import DTYPES, close, cuda_twin, ref_and_cuda, rng
+from minivae.testing.kernels import DTYPES, close, ref_and_cuda, rng
+
+from conftest import cuda_twin
 
 pytestmark = pytest.mark.skipif(fastpath.kernels() is None, reason="kernels/ cannot be loaded")
 

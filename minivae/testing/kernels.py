@@ -3,7 +3,6 @@ tolerances every kernel test uses (float64 tight, float32 close)."""
 import os
 
 import numpy as np
-import pytest
 
 DTYPES = [np.float64, np.float32]
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"   # the CUDA simulator (a process of its own)
@@ -56,11 +55,3 @@ def nvvm_usable():
     except Exception:
         return False
 
-
-def cuda_twin(test):
-    """Mark a test of CUDA twins: marker `cuda`, the small launch shape (conftest's
-    small_launch), skipped where neither the simulator nor a GPU is there."""
-    for mark in (pytest.mark.cuda, pytest.mark.usefixtures("small_launch"),
-                 pytest.mark.skipif(not cuda_usable(), reason="no CUDA GPU; run under NUMBA_ENABLE_CUDASIM=1")):
-        test = mark(test)
-    return test
