@@ -8,6 +8,7 @@ import sys
 import click
 
 from minivae.errors import MinivaeError, Terminated, clear_interrupt, on_signal
+from minivae.threads import THREAD_VARS
 
 
 class Group(click.Group):
@@ -59,9 +60,6 @@ def check_localopt(max_steps, check_every):
     if max_steps < check_every:
         raise click.BadParameter(f"{max_steps} is less than --check-every ({check_every}): "
                                  "q* needs at least one check", param_hint="'--max-steps'")
-
-
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def set_threads(n):
