@@ -8,6 +8,7 @@ import sys
 import click
 
 from minivae.errors import MinivaeError, Terminated, clear_interrupt, on_signal
+from minivae.threads import THREAD_VARS
 
 
 class Group(click.Group):
@@ -61,9 +62,6 @@ def check_localopt(max_steps, check_every):
                                  "q* needs at least one check", param_hint="'--max-steps'")
 
 
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
 def set_threads(n):
     """Size the BLAS, OpenMP and Numba thread pools. They read these variables when they load,
     so this must run before numpy is imported (this file imports neither numpy nor the library
@@ -108,7 +106,8 @@ def common(f):
 @click.option("--q", "q", type=click.Choice(["ffg", "fullcov", "flow"]), default="ffg",
               help="posterior family")
 @click.option("--dataset", default="mnist",
-              help="mnist (embedded), mnist-idx, fashion, cifar10 (conv model, latent 32, discretized "
+              help="mnist (embedded), mnist-idx, fashion (thresholded as the authors did), "
+                   "fashion-stochastic, cifar10 (conv model, latent 32, discretized "
                    "logistic likelihood, warm-up 20 epochs, 4 flow steps unless given)")
 @click.option("--arch", type=click.Choice(["mlp", "conv"]), default=None,
               help="mlp, or conv (paper Table 9, colour images) [default: conv for cifar10, else mlp]")
@@ -333,13 +332,16 @@ def gaps(**opts):
 @click.option("--seed", type=NATURAL, default=0, help="same seed, same numbers")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train",
               help="tables: evaluate the first n datapoints of this split (train: the authors' protocol)")
+@click.option("--only", default="", metavar="NAMES",
+              help="tables: train and evaluate only these of the experiment's models (comma-separated, "
+                   "e.g. ffg); a later run without --only reuses them [default: all]")
 @where_to_run
-def reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler):
+def reproduce(experiment, dataset, budget, out, seed, split, only, workers, scheduler):
     """Run one of the paper's experiments and write DIR/report.md beside the paper's numbers.
     Reruns reuse finished models and result stages. With --workers/--scheduler (tables), the
     models train at once on the cluster, then every evaluation stage runs there."""
     from minivae import commands
-    commands.reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler)
+    commands.reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler, only)
 
 
 # -- bring your own VAE (issue 16): import weights trained elsewhere, export a model -----------
@@ -365,6 +367,13 @@ def export(ckpt, out, layout):
     """Write a minivae MLP checkpoint as safetensors plus a spec that `minivae import` reads back exactly."""
     from minivae import commands
     click.echo(commands.export(ckpt, out, layout))
+
+
+@main.command()
+def models():
+    """List the models shipped with minivae (use one as CKPT: paper:NAME), with their provenance."""
+    from minivae import commands
+    click.echo(commands.models())
 
 
 if __name__ == "__main__":

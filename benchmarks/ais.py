@@ -9,7 +9,7 @@ seconds (with --threads 1 the CPU numbers are the ones to trust on a busy machin
                 gradient evaluations per second (one = all rows) and GFLOP/s
   ais_forward   ais.forward end to end (noise draws, weight updates, adaptation included)
   ais_profile   where one gradient evaluation's CPU time goes: the six matrix products alone
-                (into buffers), the whole gradient (fused decoder_grad, or the NumPy target),
+                (into buffers), the whole gradient (fused fastpath.Decoder, or the NumPy target),
                 and per gradient the rest of a transition (leapfrog updates, accept, adaptation)
 GFLOP/s counts what runs: 2 * rows * (50*200 + 200*200 + 200*784) for the forward and the same
 again for the backward to z (AIS needs no weight gradients); `gflops_cpu` per CPU second.

@@ -19,7 +19,7 @@ if str(ROOT) in sys.path:
     sys.path.remove(str(ROOT))
 sys.path.insert(0, str(ROOT))
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+from minivae.threads import THREAD_VARS  # noqa: E402  (imports nothing: numpy stays unloaded)
 
 # The paper's MNIST model (Cremer et al. 2018, Table 5 row "2 hidden layers"): latent 50,
 # encoder 784-200-200-2*50, decoder 50-200-200-784, ELU, Bernoulli likelihood.

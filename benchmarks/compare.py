@@ -114,7 +114,7 @@ def minivae_ais(weights, args):
     R = len(x)
     beta, L = np.float32(common.AIS_BETA), common.AIS_LEAPFROG
     log2pi = z0.shape[-1] * np.log(2 * np.pi)
-    impls = [("minivae.estimators.hmc fused: kernels.decoder_grad+leapfrog+hmc_accept",
+    impls = [("minivae.estimators.hmc fused: fastpath.Decoder+leapfrog+hmc_accept",
               ais_library(weights, cfg, x, args.ais_chains, "auto")),
              ("minivae.estimators.hmc reference: numpy ais.likelihood_target",
               ais_library(weights, cfg, x, args.ais_chains, "ref")),

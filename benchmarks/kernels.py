@@ -6,9 +6,9 @@ One JSON line per measurement (benchmarks/common.py's `emit`, with the load aver
                  (median; best too), GB/s of the bytes it must move, speedup over `name_ref`
   decoder_grad   one gradient of log p(z) + beta log p(x|z) wrt z through 50-200-200-784:
                  numpy      minivae.model.model.log_joint (the library path, allocating)
-                 ais_numpy  minivae.estimators.ais.likelihood_target (the AIS engineer's NumPy target)
-                 ref        kernels.decoder_grad with buffers and the NumPy references
-                 fused      kernels.decoder_grad with the Numba (or CUDA) kernels
+                 ais_numpy  minivae.estimators.ais.likelihood_target (the reference AIS target)
+                 ref        minivae.model.fastpath.Decoder with buffers and the kernels' NumPy references
+                 fused      minivae.model.fastpath.Decoder with the Numba (or CUDA) kernels
   decoder_part   where the fused gradient's time goes: each matmul and each kernel alone
 
     python benchmarks/kernels.py [--rows 1000] [--chains 10] [--dtype float32] [--device cpu|gpu]
@@ -44,8 +44,9 @@ early_env(sys.argv[1:])
 
 import numpy as np  # noqa: E402
 
-from kernels import adam, ais_weights, bernoulli, decoder, elu, leapfrog  # noqa: E402
-from minivae.model import model  # noqa: E402
+from kernels import adam, ais_weights, bernoulli, elu, leapfrog  # noqa: E402
+from minivae.estimators import ais  # noqa: E402
+from minivae.model import fastpath, model  # noqa: E402
 from minivae.backend import device_xp  # noqa: E402
 
 hmc_accept_mod = sys.modules["kernels.hmc_accept"]
@@ -114,7 +115,7 @@ def kernel_cases(xp, dt, R, C, P):
     log_u = xp.asarray(np.log(rng.random(R)).astype(dt))
     acc, nan = xp.zeros(R, bool), xp.zeros(R, bool)
     ap, ag, am, av = arr(R, P), arr(R, P), arr(R, P, scale=0.1), xp.abs(arr(R, P, scale=0.1))
-    t, active = xp.zeros(R, np.int64), xp.asarray(rng.random(R) < 0.9)
+    st, eh, active = xp.full(R, 1e-3, dt), xp.full(R, 1e-8, dt), xp.asarray(rng.random(R) < 0.9)
     return [
         ("bias_elu", 3 * R * H * it, lambda i: elu.bias_elu(a_h, b_h, y_h, d_h, impl=i)),
         ("elu_backward", 3 * R * H * it, lambda i: elu.elu_backward(a_h, d_h, y_h, impl=i)),
@@ -130,8 +131,8 @@ def kernel_cases(xp, dt, R, C, P):
          lambda i: hmc_accept_mod.hmc_accept(z, logf, g, zn, logfn, gn, p, pn, log_u, 0.5, step, acc, nan,
                                              0.65, False, impl=i)),
         ("ais_log_weight", 3 * R * it, lambda i: ais_weights.ais_log_weight(ll, logf, 0.001, impl=i)),
-        ("adam_batched", 7 * R * P * it,
-         lambda i: adam.adam_batched(ap, ag, am, av, t, active, 1e-3, impl=i)),
+        ("adam_rows", 7 * R * P * it,
+         lambda i: adam.adam_rows(ap, ag, am, av, st, eh, active, impl=i)),
     ]
 
 
@@ -159,18 +160,14 @@ def bench_decoder(args, xp, dt, fast):
     R, C, beta = args.rows, args.chains, 0.5
     run = timer(xp, max(1, args.calls // 4), args.repeats)
     cfg, params, x, z = decoder_inputs(xp, dt, R, C)
-    buf = decoder.decoder_buffers(params, R)
+    ref, dec = fastpath.Decoder(params, R, impl="ref"), fastpath.Decoder(params, R, impl=fast)
     z3 = z.reshape(R // C, C, -1)
+    target = ais.likelihood_target(params, cfg, x, C, impl="ref")
     cases = {"numpy": lambda: model.log_joint(params, cfg, x, z3, beta),
-             "ref": lambda: decoder.decoder_grad(params, x, z, C, beta, False, buf, impl="ref"),
-             "fused": lambda: decoder.decoder_grad(params, x, z, C, beta, False, buf, impl=fast),
-             "fused+ll": lambda: decoder.decoder_grad(params, x, z, C, beta, True, buf, impl=fast)}
-    try:
-        from minivae.estimators import ais
-        target = ais.likelihood_target(params, cfg, x, C, impl="ref")
-        cases["ais_numpy"] = lambda: target(z, need_value=False)
-    except (ImportError, AttributeError):
-        pass
+             "ref": lambda: ref(params, x, z, C, beta, False),
+             "fused": lambda: dec(params, x, z, C, beta, False),
+             "fused+ll": lambda: dec(params, x, z, C, beta, True),
+             "ais_numpy": lambda: target(z, need_value=False)}
     base = None
     for name, fn in cases.items():
         t = run(fn)
@@ -178,27 +175,27 @@ def bench_decoder(args, xp, dt, fast):
         common.emit(workload="decoder_grad", impl=name, dtype=args.dtype, rows=R, chains=C, **t,
                     speedup_vs_numpy=base / t["seconds"], **settings())
     if "parts" in args.only.split(","):
-        bench_parts(args, xp, params, buf, x, z, fast, run)
+        bench_parts(args, xp, params, dec, x, z, fast, run)
 
 
-def bench_parts(args, xp, params, buf, x, z, fast, run):
+def bench_parts(args, xp, params, dec, x, z, fast, run):
     """The fused gradient's steps one by one, on the buffers it uses."""
     R, C = args.rows, args.chains
     W = [params[f"dec.fc{i}.W"] for i in range(3)]
     b = [params[f"dec.fc{i}.b"] for i in range(3)]
-    h0, h1, d0, d1, out = buf.h[0], buf.h[1], buf.d[0], buf.d[1], buf.out
-    decoder.decoder_grad(params, x, z, C, 0.5, False, buf, impl=fast)   # realistic buffer contents
+    (h0, h1, out), (d0, d1) = dec.mlp.act, dec.mlp.der
+    dec(params, x, z, C, 0.5, False)                                     # realistic buffer contents
     parts = [
         ("matmul z@W0 (R,50)x(50,200)", lambda: xp.matmul(z, W[0], out=h0)),
         ("bias_elu (R,200)", lambda: elu.bias_elu(h0, b[0], h1, d0, impl=fast)),
         ("matmul h@W1 (R,200)x(200,200)", lambda: xp.matmul(h0, W[1], out=h1)),
         ("matmul h@W2 (R,200)x(200,784)", lambda: xp.matmul(h1, W[2], out=out)),
         ("bernoulli_grad (R,784)", lambda: bernoulli.bernoulli_grad(out, b[2], x, C, out, None, False, impl=fast)),
-        ("bernoulli_grad+ll (R,784)", lambda: bernoulli.bernoulli_grad(out, b[2], x, C, out, buf.ll, True, impl=fast)),
+        ("bernoulli_grad+ll (R,784)", lambda: bernoulli.bernoulli_grad(out, b[2], x, C, out, dec.ll, True, impl=fast)),
         ("matmul g@W2.T (R,784)x(784,200)", lambda: xp.matmul(out, W[2].T, out=h1)),
         ("elu_backward (R,200)", lambda: elu.elu_backward(h1, d1, h1, impl=fast)),
         ("matmul dh@W1.T (R,200)x(200,200)", lambda: xp.matmul(h1, W[1].T, out=h0)),
-        ("matmul dh@W0.T (R,200)x(200,50)", lambda: xp.matmul(h0, W[0].T, out=buf.grad_ll)),
+        ("matmul dh@W0.T (R,200)x(200,50)", lambda: xp.matmul(h0, W[0].T, out=dec.grad_ll)),
     ]
     for name, fn in parts:
         common.emit(workload="decoder_part", part=name, impl=fast, dtype=args.dtype, rows=R,

@@ -5,7 +5,7 @@ weights), float32, FFG and Flow q* (Flow: every net per datapoint). What is time
 `localopt.fit_local` itself, as the library runs it (noise draws, the ELBO gradient without
 decoder weight gradients, batched Adam, the ELBO window) for --steps steps, after a warm-up
 run. One JSON line per family and impl: `auto` as shipped (FFG: fastpath.QStarFFG and the
-Adam kernel; Flow: the decoder by kernels.decoder_grad, the nets' fused ELU, the Adam kernel),
+Adam kernel; Flow: the decoder by fastpath.Decoder, the nets' fused ELU, the Adam kernel),
 `ref` the NumPy reference (fit_local(impl="ref"); the flow's ELU stays fused). CPU seconds
 count every thread of this process: on a busy machine trust `cpu_steps_per_second` with
 --threads 1, or the wall numbers on an idle one.

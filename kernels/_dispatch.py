@@ -9,6 +9,7 @@ import functools
 import os
 
 import numba
+import numpy as np
 
 BLOCK = 128        # CUDA threads per block; a power of two (block reductions halve it)
 MAX_GRID = 2048    # most blocks per launch; grid-stride loops cover larger arrays
@@ -19,6 +20,14 @@ IMPLS = ("ref", "cpu", "cuda")
 
 def is_cupy(a):
     return type(a).__module__.startswith("cupy")
+
+
+def get_xp(a):
+    """numpy or cupy, whichever owns array `a` (minivae.backend re-exports this one)."""
+    if is_cupy(a):
+        import cupy
+        return cupy
+    return np
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,92 +1,137 @@
-"""Batched Adam (ascent), one optimiser state per row: minivae.model.optim.batched_adam_step on a
-flat (N, P) parameter block. Rows with active[n] == False are not touched at all.
+"""Adam (ascent) elementwise, with the step size and eps_hat precomputed by the caller from
+the step count t, exactly as minivae.model.optim does (module docstring there):
 
-    t += 1;  c2 = sqrt(1 - b2^t);  step = lr c2 / (1 - b1^t)          (active rows)
-    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
-    p += step m / (sqrt(v) + eps c2)     (eps_hat = eps c2: equals the textbook update)
+    step = lr sqrt(1 - b2^t) / (1 - b1^t);  eps_hat = eps sqrt(1 - b2^t)
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p += step m / (sqrt(v) + eps_hat)
 
-Scalars enter in float64 and are rounded to the arrays' dtype inside, as NumPy does with
-Python floats, so float32 kernels compute what the reference computes.
+  adam_dense  one t for every element (optim.adam_step: training), scalars in float64
+  adam_rows   one t per row of (N, P) arrays (optim.batched_adam_step: q*), step and eps_hat
+              (N,) in the arrays' dtype; rows with active == False are not touched
+
+Each follows its NumPy reference's order of operations (adam_dense: (1 - b2) (g g) and
+step (m / d); adam_rows: ((1 - b2) g) g and (step m) / d) with every product rounded on its
+own (no FMA), and scalars rounded to the arrays' dtype as NumPy does with Python floats: the
+CPU kernels give the references bit for bit. The bias corrections (step, eps_hat) are
+computed once, by the caller, in NumPy: a float32 pow inside a kernel could differ in the last bit.
 """
 import math
 
-import numpy as np
 from numba import cuda, njit, prange
-
-from minivae.backend import get_xp
 
 from . import _dispatch as dp
 
 
-def adam_batched_ref(p, g, m, v, t, active, lr, b1, b2, eps):
-    xp = get_xp(p)
-    t += active
-    tt = xp.maximum(t, 1).astype(p.dtype)[:, None]              # (N, 1)
-    c2 = xp.sqrt(1 - b2 ** tt)
-    step = lr * c2 / (1 - b1 ** tt)
-    a = active[:, None]
-    m[...] = xp.where(a, b1 * m + (1 - b1) * g, m)
-    v[...] = xp.where(a, b2 * v + (1 - b2) * g * g, v)
-    p[...] = xp.where(a, p + step * m / (xp.sqrt(v) + eps * c2), p)
+def adam_dense_ref(p, g, m, v, step, eps_hat, b1, b2):
+    """One Adam update of p, m, v in place: the NumPy spec (optim.adam_step's impl="ref")."""
+    xp = dp.get_xp(p)
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * (g * g)
+    denom = xp.sqrt(v)
+    denom += eps_hat
+    p += step * (m / denom)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _adam_batched_cpu(p, g, m, v, t, active, lr, b1, b2, eps):
+def _adam_dense_cpu(p, g, m, v, step, eps_hat, b1, b2):
     ft = p.dtype.type
-    one = ft(1)
+    b1f, b2f, nb1, nb2 = ft(b1), ft(b2), ft(1.0 - b1), ft(1.0 - b2)
+    stepf, ehf = ft(step), ft(eps_hat)
+    for i in prange(p.shape[0]):
+        gi = g[i]
+        mi = b1f * m[i] + nb1 * gi
+        vi = b2f * v[i] + nb2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        p[i] += stepf * (mi / (math.sqrt(vi) + ehf))
+
+
+@cuda.jit
+def _adam_dense_cuda(p, g, m, v, step, eps_hat, b1, b2):
+    ft = p.dtype.type
+    b1f, b2f, nb1, nb2 = ft(b1), ft(b2), ft(1.0 - b1), ft(1.0 - b2)
+    stepf, ehf = ft(step), ft(eps_hat)
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, p.shape[0], stride):
+        gi = g[i]
+        mi = b1f * m[i] + nb1 * gi
+        vi = b2f * v[i] + nb2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        p[i] += stepf * (mi / (math.sqrt(vi) + ehf))
+
+
+def adam_rows_ref(p, g, m, v, step, eps_hat, active, b1, b2):
+    """One Adam update per active row, in place: the NumPy spec (optim.batched_adam_step's
+    impl="ref"). p, g, m, v: (N, ...) of any trailing shape; step, eps_hat, active: (N,)."""
+    xp = dp.get_xp(p)
+    col = (-1,) + (1,) * (p.ndim - 1)
+    a, s, e = active.reshape(col), step.reshape(col), eps_hat.reshape(col)
+    m[...] = xp.where(a, b1 * m + (1 - b1) * g, m)
+    v[...] = xp.where(a, b2 * v + (1 - b2) * g * g, v)
+    p[...] = xp.where(a, p + s * m / (xp.sqrt(v) + e), p)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _adam_rows_cpu(p, g, m, v, step, eps_hat, active, b1, b2):
+    ft = p.dtype.type
     b1f, b2f, nb1, nb2 = ft(b1), ft(b2), ft(1.0 - b1), ft(1.0 - b2)
     for r in prange(p.shape[0]):
         if not active[r]:
             continue
-        t[r] += 1
-        tt = ft(t[r])
-        c2 = np.sqrt(one - b2f ** tt)
-        step = ft(lr) * c2 / (one - b1f ** tt)
-        ec2 = ft(eps) * c2
+        s, e = step[r], eps_hat[r]
         for c in range(p.shape[1]):
-            mc = b1f * m[r, c] + nb1 * g[r, c]
-            vc = b2f * v[r, c] + nb2 * g[r, c] * g[r, c]
+            gc = g[r, c]
+            mc = b1f * m[r, c] + nb1 * gc
+            vc = b2f * v[r, c] + nb2 * gc * gc
             m[r, c] = mc
             v[r, c] = vc
-            p[r, c] += step * mc / (np.sqrt(vc) + ec2)
+            p[r, c] += s * mc / (math.sqrt(vc) + e)
 
 
 @cuda.jit
-def _adam_batched_cuda(p, g, m, v, t, active, lr, b1, b2, eps):
-    # one block per row: t[r] is read by every thread before thread 0 increments it
+def _adam_rows_cuda(p, g, m, v, step, eps_hat, active, b1, b2):
     ft = p.dtype.type
-    one = ft(1)
     b1f, b2f, nb1, nb2 = ft(b1), ft(b2), ft(1.0 - b1), ft(1.0 - b2)
-    tid, nt = cuda.threadIdx.x, cuda.blockDim.x
-    for r in range(cuda.blockIdx.x, p.shape[0], cuda.gridDim.x):
-        if not active[r]:
-            continue                      # uniform over the block
-        tn = t[r] + 1
-        cuda.syncthreads()
-        if tid == 0:
-            t[r] = tn
-        tt = ft(tn)
-        c2 = math.sqrt(one - b2f ** tt)
-        step = ft(lr) * c2 / (one - b1f ** tt)
-        ec2 = ft(eps) * c2
-        for c in range(tid, p.shape[1], nt):
-            mc = b1f * m[r, c] + nb1 * g[r, c]
-            vc = b2f * v[r, c] + nb2 * g[r, c] * g[r, c]
+    cols = p.shape[1]
+    for i in range(cuda.grid(1), p.shape[0] * cols, cuda.gridsize(1)):
+        r, c = i // cols, i % cols
+        if active[r]:
+            gc = g[r, c]
+            mc = b1f * m[r, c] + nb1 * gc
+            vc = b2f * v[r, c] + nb2 * gc * gc
             m[r, c] = mc
             v[r, c] = vc
-            p[r, c] += step * mc / (math.sqrt(vc) + ec2)
+            p[r, c] += step[r] * mc / (math.sqrt(vc) + eps_hat[r])
 
 
-def adam_batched(p, g, m, v, t, active, lr, b1=0.9, b2=0.999, eps=1e-8, impl="auto"):
-    """One batched Adam ascent step, in place.
-
-    p, g, m, v: (N, P); t: (N,) int64 step counts; active: (N,) bool (False: row frozen).
-    """
+def adam_rows(p, g, m, v, step, eps_hat, active, b1=0.9, b2=0.999, impl="auto"):
+    """One Adam ascent step per active row, in place. p, g, m, v: (N, P); step, eps_hat: (N,)
+    in p's dtype; active: (N,) bool."""
     impl = dp.pick(impl, p)
-    args = (p, g, m, v, t, active, float(lr), float(b1), float(b2), float(eps))
+    args = (p, g, m, v, step, eps_hat, active, float(b1), float(b2))
     if impl == "ref":
-        adam_batched_ref(*args)
+        adam_rows_ref(*args)
     elif impl == "cpu":
-        dp.cpu(_adam_batched_cpu, p.size, *args)
+        dp.cpu(_adam_rows_cpu, p.size, *args)
     else:
-        _adam_batched_cuda[dp.grid_rows(p.shape[0], p)](*args)
+        _adam_rows_cuda[dp.grid_elems(p.size, p)](*args)
+
+
+def adam_dense(p, g, m, v, step, eps_hat, b1=0.9, b2=0.999, impl="auto"):
+    """One Adam ascent step on p, in place (m, v too). p, g, m, v: C-contiguous, one shape."""
+    impl = dp.pick(impl, p)
+    if not (p.shape == g.shape == m.shape == v.shape):
+        raise ValueError(f"shapes differ: p {p.shape}, g {g.shape}, m {m.shape}, v {v.shape}")
+    args = (float(step), float(eps_hat), float(b1), float(b2))
+    if impl == "ref":
+        adam_dense_ref(p, g, m, v, *args)
+        return
+    if not all(a.flags.c_contiguous for a in (p, g, m, v)):
+        raise ValueError("adam_dense needs C-contiguous arrays (it updates flat views of them)")
+    flat = [a.reshape(-1) for a in (p, g, m, v)]
+    if impl == "cpu":
+        dp.cpu(_adam_dense_cpu, p.size, *flat, *args)
+    else:
+        _adam_dense_cuda[dp.grid_elems(p.size, p)](*flat, *args)

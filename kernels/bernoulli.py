@@ -15,14 +15,12 @@ import math
 import numba
 from numba import cuda, njit, prange
 
-from minivae.backend import get_xp
-
 from . import _dispatch as dp
 from ._math import exp_nonpos, log1p_unit
 
 
 def bernoulli_grad_ref(a, b, x, chains, grad, ll, want_ll):
-    xp = get_xp(a)
+    xp = dp.get_xp(a)
     rows, d = a.shape
     l = (a + b).reshape(-1, chains, d)                       # (N, C, D)
     xr = x.astype(a.dtype, copy=False)[:, None, :]            # (N, 1, D)
@@ -115,7 +113,7 @@ def bernoulli_grad(a, b, x, chains, grad, ll, want_ll, impl="auto"):
     if x.shape[0] * chains != a.shape[0] or x.shape[1] != a.shape[1]:  # the kernels do not check
         raise ValueError(f"x {x.shape} with {chains} chains does not match logits {a.shape}")
     if ll is None:
-        ll = get_xp(a).empty(0, dtype=a.dtype)
+        ll = dp.get_xp(a).empty(0, dtype=a.dtype)
     want_ll = bool(want_ll)
     if impl == "ref":
         bernoulli_grad_ref(a, b, x, chains, grad, ll, want_ll)

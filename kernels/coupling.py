@@ -11,7 +11,6 @@ before it is written); nothing else aliases.
 """
 import math
 
-import numpy as np
 from numba import cuda, njit, prange
 
 from . import _dispatch as dp
@@ -20,15 +19,8 @@ from ._math import exp_nonpos, log1p_unit
 LOG2 = math.log(2.0)
 
 
-def _xp(a):
-    if dp.is_cupy(a):
-        import cupy
-        return cupy
-    return np
-
-
 def coupling_forward_ref(x, a, m, y, s, logdet):
-    xp = _xp(a)
+    xp = dp.get_xp(a)
     e = xp.exp(-xp.abs(a))
     s[...] = xp.where(a >= 0, 2 / (1 + e), 2 * e / (1 + e))
     y[...] = x * s + m

@@ -11,14 +11,12 @@ import math
 
 from numba import cuda, njit, prange
 
-from minivae.backend import get_xp
-
 from . import _dispatch as dp
 from ._math import expm1_exp_nonpos
 
 
 def bias_elu_ref(a, b, y, dy_da):
-    xp = get_xp(a)
+    xp = dp.get_xp(a)
     s = a + b
     pos = s > 0
     neg = xp.minimum(s, 0)

@@ -18,8 +18,6 @@ import math
 import numpy as np
 from numba import cuda, njit, prange
 
-from minivae.backend import get_xp
-
 from . import _dispatch as dp
 
 GAIN = 0.05  # minivae.estimators.hmc.adapt_step's rate
@@ -31,7 +29,7 @@ def _factors(target_accept):
 
 def hmc_accept_ref(z, ll, grad, z_new, ll_new, grad_new, p0, p_new, log_u, beta, step,
                    accepted, nonfinite, up, down, adapt):
-    xp = get_xp(z)
+    xp = dp.get_xp(z)
     ft = z.dtype.type
     beta = ft(beta)
     quiet = np.errstate(invalid="ignore", over="ignore") if xp is np else contextlib.nullcontext()

@@ -18,7 +18,6 @@ import numpy as np
 from numba import cuda, njit, prange
 
 from . import _dispatch as dp
-from ._threads import run_cpu
 
 LOG2PI = math.log(2 * math.pi)
 
@@ -141,7 +140,7 @@ def ffg_forward(h, std, eps, lam, z, c, impl="auto"):
     if impl == "ref":
         ffg_forward_ref(*args)
     elif impl == "cpu":
-        run_cpu(_ffg_forward_cpu, eps.size, *args)
+        dp.cpu(_ffg_forward_cpu, eps.size, *args)
     else:
         _ffg_forward_cuda[dp.grid_elems(c.size, c)](*args)
 
@@ -154,6 +153,6 @@ def ffg_backward(h, std, eps, g, w, lam, weighted, dh, impl="auto"):
     if impl == "ref":
         ffg_backward_ref(*args)
     elif impl == "cpu":
-        run_cpu(_ffg_backward_cpu, eps.size, *args)
+        dp.cpu(_ffg_backward_cpu, eps.size, *args)
     else:
         _ffg_backward_cuda[dp.grid_elems(dh.size // 2, dh)](*args)

@@ -12,7 +12,6 @@ import numpy as np
 from numba import cuda, njit, prange
 
 from . import _dispatch as dp
-from ._threads import run_cpu
 
 
 def sparse_matmul_ref(x, W, y):
@@ -121,7 +120,7 @@ def sparse_matmul(x, W, y, impl="auto"):
     if impl == "ref":
         sparse_matmul_ref(x, W, y)
     elif impl == "cpu":
-        run_cpu(_sparse_matmul_cpu, y.size, x, W, y)
+        dp.cpu(_sparse_matmul_cpu, y.size, x, W, y)
     else:
         _sparse_matmul_cuda[dp.grid_elems(y.size, y)](x, W, y)
 
@@ -134,6 +133,6 @@ def sparse_matmul_tn(x, dy, dW, impl="auto"):
     if impl == "ref":
         sparse_matmul_tn_ref(x, dy, dW)
     elif impl == "cpu":
-        run_cpu(_sparse_matmul_tn_cpu, dW.size, x, dy, dW)
+        dp.cpu(_sparse_matmul_tn_cpu, dW.size, x, dy, dW)
     else:
         _sparse_matmul_tn_cuda[dp.grid_elems(dW.size, dW)](x, dy, dW)

@@ -18,20 +18,13 @@ from numba import cuda, njit, prange
 from . import _dispatch as dp
 
 
-def _xp(a):
-    if dp.is_cupy(a):
-        import cupy
-        return cupy
-    return np
-
-
 def _index(Z, xp):
     rows, cols = np.tril_indices(Z)
     return xp.asarray(rows), xp.asarray(cols), xp.asarray(np.flatnonzero(rows == cols))
 
 
 def tril_unpack_ref(h, L):
-    xp, Z = _xp(h), L.shape[-1]
+    xp, Z = dp.get_xp(h), L.shape[-1]
     rows, cols, diag = _index(Z, xp)
     vals = h[:, Z:].copy()
     vals[:, diag] = xp.exp(vals[:, diag])
@@ -40,7 +33,7 @@ def tril_unpack_ref(h, L):
 
 
 def tril_pack_ref(dL, L, s, dh):
-    xp, Z = _xp(dL), L.shape[-1]
+    xp, Z = dp.get_xp(dL), L.shape[-1]
     rows, cols, diag = _index(Z, xp)
     d = dL[:, rows, cols]
     d[:, diag] = d[:, diag] * L[:, rows[diag], cols[diag]] - s[:, None]

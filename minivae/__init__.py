@@ -1,3 +1,3 @@
 """minivae: approximation and amortization gaps of VAEs, from scratch in NumPy/Numba/CuPy."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

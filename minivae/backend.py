@@ -1,12 +1,18 @@
-"""The one place that picks the array module (`xp`: numpy or cupy), dtypes and RNGs.
+"""The one place that picks the array module (`xp`: numpy or cupy), dtypes and RNGs, and that
+loads the fused kernels (`kernels()`).
 
 Library code asks `get_xp(x)` for the module of the data it is handed, so the same code
 runs on NumPy and CuPy arrays. Noise is always drawn by a NumPy Generator on the host and
 moved to the device: the same seed then gives the same numbers on every device, and the
 generator's state fits in a checkpoint.
 """
+import functools
+import warnings
+
 import numpy as np
 
+import kernels as _kernels_package
+from kernels._dispatch import get_xp  # defined beside the kernels, which sit below the library
 from .errors import MinivaeError
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -18,13 +24,6 @@ def _cupy():
         return cupy
     except Exception:  # ImportError, or a CUDA driver that fails to load
         return None
-
-
-def get_xp(x):
-    """numpy or cupy, whichever owns array `x`."""
-    if type(x).__module__.startswith("cupy"):
-        return _cupy()
-    return np
 
 
 def device_xp(device):
@@ -85,3 +84,16 @@ def rng_from_state(state):
     rng = np.random.Generator(np.random.PCG64())
     rng.bit_generator.state = state
     return rng
+
+
+@functools.lru_cache(maxsize=None)
+def kernels():
+    """The fused kernels package (kernels/: every dispatcher by name), or None where it imports
+    as an empty namespace package (an editable install older than kernels/__init__.py): the
+    NumPy references then run."""
+    k = _kernels_package
+    if not hasattr(k, "hmc_accept"):
+        warnings.warn("kernels/ imports as an empty namespace package: run `pip install -e .` again; "
+                      "the NumPy references run instead of the fused kernels", RuntimeWarning, stacklevel=2)
+        return None
+    return k

@@ -16,8 +16,7 @@ import numpy as np
 from dask.distributed import Client, LocalCluster, as_completed
 
 from .errors import MinivaeError
-
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+from .threads import THREAD_VARS
 
 
 @contextlib.contextmanager

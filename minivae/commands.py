@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from . import data, interop, io, outputs, stages
+from . import data, interop, io, outputs, pretrained, stages
 from . import export as exporting, sample as sampling, train as training
 from .estimators import ais as annealing, bdmc as bidirectional, evaluate, gaps as gap, iwae as iw
 from .estimators import localopt as local
@@ -188,11 +188,12 @@ def gaps(opts):
                   f"datapoints; the others stopped at --max-steps {opts['max_steps']}")
 
 
-def reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler):
+def reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler, only=""):
     """`minivae reproduce`: one of the paper's experiments, its report in OUT/report.md."""
+    names = [name.strip() for name in only.split(",") if name.strip()]
     with stages.executor(workers, scheduler) as runner:
         repro.run(experiment, dataset, budget, out or f"runs/{experiment}-{dataset}-{budget}", seed,
-                  runner=runner, split=split)
+                  runner=runner, split=split, only=names)
 
 
 def import_model(weights, spec, out):
@@ -208,3 +209,17 @@ def import_model(weights, spec, out):
 def export(ckpt, out, layout):
     """`minivae export`: a checkpoint as safetensors (or npz) plus its spec; returns the summary line."""
     return exporting.export_model(ckpt, out, layout)
+
+
+def models():
+    """`minivae models`: the shipped models, each with its provenance; returns the text."""
+    rows = pretrained.describe()
+    if not rows:
+        return "no models are shipped with this installation"
+    lines = []
+    for r in rows:
+        bounds = ", ".join(f"{k.replace('_', ' ')} {r[k]}" for k in ("train_bound", "valid_elbo") if k in r)
+        lines += [f"{r['name']}: {r['dataset']}, q {r['q']}, {r['epochs']} epochs ({bounds}), {r['mb']} MB",
+                  f"    trained by: {r['command']}",
+                  f"    commit {r['commit']}, {r['date']}" + (f"; log {r['log']}" if r["log"] else "")]
+    return "\n".join(lines)

@@ -4,14 +4,17 @@
 - "mnist": Larochelle & Murray's binarized MNIST, embedded in the package (50k/10k/10k).
 - "mnist-idx": LeCun's MNIST binarized here; train = first 50k of the 60k training images,
   valid = the last 10k, test = the 10k test images.
-- "fashion": Fashion-MNIST binarized here; valid = the 10k training rows
-  `split_indices(60000, 10000)[1]`, train = the other 50k; test = t10k.
+- "fashion": Fashion-MNIST as the authors binarized it (lxuechen/inference-suboptimality,
+  `loader.py`): pixel = (intensity / 255 >= 0.5), i.e. intensity >= 128, deterministic;
+  train = the first 55k training images, valid = the last 5k, test = t10k.
+- "fashion-stochastic": Fashion-MNIST binarized stochastically here (minivae 0.1's "fashion");
+  valid = the 10k training rows `split_indices(60000, 10000)[1]`, train = the other 50k.
 - "cifar10": CIFAR-10 python version, raw 0..255, D = 3072 in (channel, row, column) order;
   train = data_batch_1..5 less the last CIFAR_VALID_SIZE rows of data_batch_5, valid = those.
 
 BINARIZE_SEED = 1234: pixel = (u < intensity / 255), u = default_rng(BINARIZE_SEED).random(shape),
     one stream per idx file (all 60k training images at once, then split).
-SPLIT_SEED = 4321: Fashion valid rows = sorted(default_rng(SPLIT_SEED).permutation(60000)[:10000]).
+SPLIT_SEED = 4321: fashion-stochastic valid rows = sorted(default_rng(SPLIT_SEED).permutation(60000)[:10000]).
 
 Files not embedded are looked for under the `data_dir` argument, then $MINIVAE_DATA, then the
 user cache ($XDG_CACHE_HOME/minivae or ~/.cache/minivae); one found nowhere is downloaded into
@@ -39,12 +42,14 @@ from minivae.io import atomic_path
 
 BINARIZE_SEED = 1234
 SPLIT_SEED = 4321
-N_VALID = 10000  # MNIST and Fashion-MNIST validation rows
+N_VALID = 10000  # MNIST and fashion-stochastic validation rows
+FASHION_VALID = 5000  # the authors' Fashion-MNIST: the last 5k of the 60k training images
+THRESHOLD = 128  # the authors' Fashion-MNIST: pixel = intensity / 255 >= 0.5
 CIFAR_VALID_SIZE = 5000
 DOWNLOAD_TIMEOUT = 10  # seconds per connection attempt
 _CHUNK_ROWS = 10000  # binarize 10k rows at a time: 63 MB of float64 uniforms, not 376 MB
 EMBEDDED = Path(__file__).parent / "embedded"
-DATASETS = ("mnist", "mnist-idx", "fashion", "cifar10")
+DATASETS = ("mnist", "mnist-idx", "fashion", "fashion-stochastic", "cifar10")
 SPLITS = ("train", "valid", "test")
 
 CIFAR_DIR = "cifar-10-batches-py"
@@ -84,7 +89,8 @@ MIRRORS = {
 
 _MNIST_LIKE = dict(D=784, image_shape=(1, 28, 28), likelihood="bernoulli", binarized=True,
                    splits={"train": 50000, "valid": 10000, "test": 10000})
-_INFO = {"mnist": _MNIST_LIKE, "mnist-idx": _MNIST_LIKE, "fashion": _MNIST_LIKE,
+_INFO = {"mnist": _MNIST_LIKE, "mnist-idx": _MNIST_LIKE, "fashion-stochastic": _MNIST_LIKE,
+         "fashion": dict(_MNIST_LIKE, splits={"train": 55000, "valid": 5000, "test": 10000}),
          "cifar10": dict(D=3072, image_shape=(3, 32, 32), likelihood="logistic", binarized=False,
                          splits={"train": 45000, "valid": 5000, "test": 10000})}
 
@@ -110,11 +116,13 @@ def load(name, split, data_dir=None, allow_download=True, verify=True):
     sub = "mnist" if name == "mnist-idx" else "fashion-mnist"
     fname = "t10k-images-idx3-ubyte.gz" if split == "test" else "train-images-idx3-ubyte.gz"
     rel = f"{sub}/{fname}"
-    x = binarize(read_idx(_locate((rel,), data_dir, allow_download), MD5[rel] if verify else None))
+    images = read_idx(_locate((rel,), data_dir, allow_download), MD5[rel] if verify else None)
+    x = threshold(images) if name == "fashion" else binarize(images)
     if split == "test":
         return x
-    if name == "mnist-idx":
-        return x[:-N_VALID] if split == "train" else x[-N_VALID:]
+    if name != "fashion-stochastic":
+        n_valid = FASHION_VALID if name == "fashion" else N_VALID
+        return x[:-n_valid] if split == "train" else x[-n_valid:]
     train_idx, valid_idx = split_indices(len(x), N_VALID)
     return x[train_idx] if split == "train" else x[valid_idx]
 
@@ -142,6 +150,12 @@ def binarize(images, seed=BINARIZE_SEED):
         rows = slice(i, i + _CHUNK_ROWS)
         np.less(rng.random(x[rows].shape), x[rows] / 255.0, out=out[rows])
     return out
+
+
+def threshold(images):
+    """The authors' deterministic binarization: (N, ...) uint8 -> (N, D) uint8, x = (pixel >= 128),
+    the same as float32(pixel / 255) >= 0.5."""
+    return (images.reshape(len(images), -1) >= THRESHOLD).astype(np.uint8)
 
 
 def split_indices(n, n_valid, seed=SPLIT_SEED):

@@ -12,7 +12,7 @@ import tempfile
 import h5py
 import numpy as np
 
-from . import __version__
+from . import __version__, pretrained
 from .backend import to_numpy
 from .model.config import Config
 from .errors import CheckpointError
@@ -95,12 +95,20 @@ def save_checkpoint(path, params, config, epoch=0, adam=None, rng_state=None, cu
         _write_dict(f.create_group("curves"), curves or {})
 
 
+def _upgrade(config, version):
+    """The config of a checkpoint written by an older minivae, in today's names: minivae 0.1's
+    "fashion" (stochastic binarization, 50k/10k) is today's "fashion-stochastic"."""
+    if version == "0.1.0" and config.dataset == "fashion":
+        return config.replace(dataset="fashion-stochastic")
+    return config
+
+
 def load_checkpoint(path, xp=np):
     """A dict with params, config, epoch, adam (or None), rng_state, curves, version; the
     tensors checked against the model the config describes (validate_checkpoint)."""
-    with _open(path, CHECKPOINT_KIND, "checkpoint") as f:
+    with _open(pretrained.locate(path), CHECKPOINT_KIND, "checkpoint") as f:
         try:
-            config = Config.from_json(f.attrs["config"])
+            config = _upgrade(Config.from_json(f.attrs["config"]), f.attrs["version"])
             params = _read_dict(f["params"])
             adam = None
             if "adam" in f:

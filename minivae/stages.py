@@ -105,6 +105,7 @@ def run(out, stage, settings, n, block, fn, shared, finite=(), progress=True, ru
         raise MinivaeError(f"block size must be positive (got {block}) and n non-negative (got {n})")
     with outputs.claim(out, io.RESULTS_KIND):
         done = finished(out, stage, settings)
+        spent = float(io.load_results(out, stage)[1].get("seconds", 0.0)) if done else 0.0
         have = np.asarray(done.get("index", np.zeros(0, np.int64)))
         todo = np.setdiff1d(np.arange(n), have)
         work = blocks(todo, block)
@@ -117,7 +118,7 @@ def run(out, stage, settings, n, block, fn, shared, finite=(), progress=True, ru
                 _check_finite(out, stage, index, rows, finite, len(done.get("index", ())))
                 done = _merge(done, index, rows)
                 attrs = dict(settings, settings=json.dumps(settings, sort_keys=True), n=len(done["index"]),
-                             seconds=float(time.perf_counter() - t0))
+                             seconds=spent + float(time.perf_counter() - t0))     # over every run
                 try:
                     io.save_results(out, stage, done, attrs)
                 except OSError as e:

@@ -97,9 +97,8 @@ def train(cfg, x_train, x_valid, out, state=None, xp=np, save_every=1, progress=
 def training_step(params, adam, cfg, family, frozen=(), sparse_input=False, impl="auto"):
     """step(x, eps, lam, lr) -> bound (B,), after one Adam step on the batch's mean bound
     (keys starting with a `frozen` prefix stay fixed). fastpath.TrainStep (FFG),
-    fused_flow.FlowTrainStep or fused_fullcov.FullCovTrainStep where they apply (they move params and the Adam moments
-    into flat buffers, values kept), else
-    objectives.bound_and_grads + optim.adam_step: the same numbers up to float rounding.
+    fused_flow.FlowTrainStep or fused_fullcov.FullCovTrainStep where they apply (they move
+    params and the Adam moments into flat buffers, values kept), else objectives.bound_and_grads + optim.adam_step: the same numbers up to float rounding.
     sparse_input: the data are mostly zeros (fastpath.mostly_zeros of the training set).
     impl="ref": the reference even where the fast path applies (tests, benchmarks)."""
     fast = None

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from kernels import _dispatch
 from minivae import data
+from minivae.testing.kernels import cuda_usable
 
 # Tests find the shared datasets relative to the repo (../shared/data), never an absolute path.
 os.environ.setdefault("MINIVAE_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -99,3 +101,20 @@ def interrupt_after(m):
                 raise KeyboardInterrupt
             yield done
     return runner
+
+
+@pytest.fixture
+def small_launch(monkeypatch):
+    """A small CUDA block and grid, so that grid-stride loops and block reductions wrap."""
+    monkeypatch.setattr(_dispatch, "BLOCK", 8)
+    monkeypatch.setattr(_dispatch, "MAX_GRID", 3)
+
+
+def cuda_twin(test):
+    """Mark a test of CUDA twins: marker `cuda`, the small launch shape (small_launch), skipped
+    where neither the simulator nor a GPU is there (tests/test_kernel_dispatch.py runs them
+    under the simulator in a process of its own)."""
+    for mark in (pytest.mark.cuda, pytest.mark.usefixtures("small_launch"),
+                 pytest.mark.skipif(not cuda_usable(), reason="no CUDA GPU; run under NUMBA_ENABLE_CUDASIM=1")):
+        test = mark(test)
+    return test

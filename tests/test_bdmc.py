@@ -7,6 +7,7 @@ from minivae.testing import lingauss
 from minivae.model import model
 from minivae.model.config import Config
 from conftest import run_cli
+from test_ais import _cupy, elu_model
 
 
 def test_simulation_is_per_datapoint_and_reproducible():
@@ -74,3 +75,31 @@ def test_cli_bdmc(tiny_ckpt, tmp_path):
     assert "mean width" in text and attrs["chains"] == 4
     code, text = run_cli(["bdmc", tiny_ckpt, "--n", "3", "--chains", "0", "--out", str(tmp_path / "b.h5")])
     assert code != 0 and "Invalid value for '--chains'" in text and len(text.strip().splitlines()) == 1
+
+
+# --- the fused path equals the reference -----------------------------------------------------
+
+def test_bdmc_fused_equals_reference():
+    cfg, params, _ = elu_model(1)
+    x, z = bdmc.simulate(params, cfg, range(4), seed=0)
+    s = ais.Settings(chains=6, steps=30, leapfrog=4)
+    f = bdmc.sandwich(params, cfg, x, z, range(4), 0, s, impl="auto")
+    r = bdmc.sandwich(params, cfg, x, z, range(4), 0, s, impl="ref")
+    for k in ("lower", "upper"):
+        np.testing.assert_allclose(f[k], r[k], rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(f["accept_rev"], r["accept_rev"])
+
+
+@pytest.mark.gpu
+def test_bdmc_on_cupy_arrays_matches_the_cpu():
+    cp = _cupy()
+    cfg, params, _ = elu_model(1)
+    s = ais.Settings(chains=6, steps=20, leapfrog=4)
+    x, z = bdmc.simulate(params, cfg, range(3), seed=0)
+    want = bdmc.sandwich(params, cfg, x, z, range(3), 0, s)
+    dparams = {k: cp.asarray(v) for k, v in params.items()}
+    dx, dz = bdmc.simulate(dparams, cfg, range(3), seed=0, xp=cp)
+    np.testing.assert_array_equal(cp.asnumpy(dx), x)
+    got = bdmc.sandwich(dparams, cfg, dx, dz, range(3), 0, s)
+    for k in ("lower", "upper"):
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-8)

@@ -123,11 +123,12 @@ def test_binarize_is_one_draw_per_file(monkeypatch):
     assert abs(x[1000:].mean() - images[1000:].mean() / 255) < 0.01
 
 
-@pytest.mark.parametrize("name, sub, mean", [
-    pytest.param("mnist-idx", "mnist", 0.131, marks=needs_data(*MNIST_IDX)),
-    pytest.param("fashion", "fashion-mnist", 0.286, marks=needs_data(*FASHION))])
-def test_idx_sets(name, sub, mean):
-    sizes = {"train": 50000, "valid": 10000, "test": 10000}
+@pytest.mark.parametrize("name, sub, mean, sizes", [
+    pytest.param("mnist-idx", "mnist", 0.131, (50000, 10000), marks=needs_data(*MNIST_IDX)),
+    pytest.param("fashion", "fashion-mnist", 0.314, (55000, 5000), marks=needs_data(*FASHION)),
+    pytest.param("fashion-stochastic", "fashion-mnist", 0.286, (50000, 10000), marks=needs_data(*FASHION))])
+def test_idx_sets(name, sub, mean, sizes):
+    sizes = {"train": sizes[0], "valid": sizes[1], "test": 10000}
     x = {split: data.load(name, split, data_dir=DATA) for split in sizes}
     for split, n in sizes.items():
         assert x[split].dtype == np.uint8 and x[split].shape == (n, 784)
@@ -136,17 +137,36 @@ def test_idx_sets(name, sub, mean):
     assert data.info(name)["splits"] == sizes
     np.testing.assert_array_equal(x["test"], data.load(name, "test", data_dir=DATA))  # deterministic
     # train and valid: one binarization of the whole 60k file, then disjoint index sets
-    full = data.binarize(data.read_idx(DATA / sub / "train-images-idx3-ubyte.gz"))  # (60000, D)
-    if name == "mnist-idx":
-        train_idx, valid_idx = np.arange(50000), np.arange(50000, 60000)
+    images = data.read_idx(DATA / sub / "train-images-idx3-ubyte.gz")             # (60000, 28, 28)
+    if name == "fashion":   # the authors' loader.py: float32(x / 255) >= 0.5, first 55k / last 5k
+        full = (np.float32(images / 255.0) >= 0.5).reshape(60000, 784)
     else:
+        full = data.binarize(images)
+    if name == "fashion-stochastic":
         train_idx, valid_idx = data.split_indices(60000, 10000)
         assert np.array_equal(valid_idx, np.sort(
             np.random.default_rng(data.SPLIT_SEED).permutation(60000)[:10000]))
+    else:
+        train_idx, valid_idx = np.arange(sizes["train"]), np.arange(sizes["train"], 60000)
     assert not np.intersect1d(train_idx, valid_idx).size
     assert np.array_equal(np.union1d(train_idx, valid_idx), np.arange(60000))
     np.testing.assert_array_equal(x["train"], full[train_idx])
     np.testing.assert_array_equal(x["valid"], full[valid_idx])
+
+
+@needs_data(*FASHION)
+def test_a_checkpoint_of_minivae_0_1_keeps_its_fashion_data(tmp_path):
+    """minivae 0.1's "fashion" was binarized stochastically: its checkpoints load as fashion-stochastic."""
+    import h5py
+    from minivae import io
+    from minivae.model.config import Config
+    from minivae.model.model import init_params
+    cfg = Config(dataset="fashion", latent=2, enc_hidden=4, dec_hidden=4)
+    io.save_checkpoint(tmp_path / "m.h5", init_params(cfg, np.random.default_rng(0)), cfg)
+    assert io.load_checkpoint(tmp_path / "m.h5")["config"].dataset == "fashion"
+    with h5py.File(tmp_path / "m.h5", "a") as f:
+        f.attrs["version"] = "0.1.0"
+    assert io.load_checkpoint(tmp_path / "m.h5")["config"].dataset == "fashion-stochastic"
 
 
 def test_fashion_valid_is_not_a_contiguous_block():

@@ -2,12 +2,10 @@ import numpy as np
 import pytest
 
 from minivae.testing import lingauss
-from minivae.model import model, objectives, optim
+from minivae.model import fastpath, nn, objectives, optim
 from minivae.model.densities import log_diag_normal
 from minivae.model.flow import Flow, positive_scale
-from minivae.testing.gradcheck import check_each, check_grads
-from minivae.model.posteriors import get_family
-from test_objectives import small_model
+from minivae.testing.gradcheck import check_grads
 
 
 def perturbed(params, rng, scale=0.3):
@@ -39,38 +37,6 @@ def test_positive_scale_backward_and_range():
                 {"a": a}, {"a": back(u, w)})
     s, logs, _ = positive_scale(np.array([-1e4, 0.0, 1e4], dtype=np.float32))
     assert np.all(np.isfinite(logs)) and s[1] == 1 and s[2] == 2
-
-
-@pytest.mark.parametrize("local", [False, True])
-def test_sample_backward_wrt_h_and_every_net(local):
-    flow, params, h, eps, rng = flow_setup(local=local)
-    z, logq, back = flow.sample(params, h, eps)
-    assert z.shape == (4, 3, 3) and logq.shape == (4, 3)
-    u, w = rng.standard_normal(z.shape), rng.standard_normal(logq.shape)
-    dh, grads = back(u, w)
-    assert set(grads) == set(params) and all(grads[k].shape == params[k].shape for k in params)
-
-    def f(p):
-        z, logq, _ = flow.sample({**params, **p}, p["h"], eps)
-        return float(np.sum(z * u) + np.sum(logq * w))
-
-    check_each(f, {"h": h, **params}, {"h": dh, **grads})
-
-
-@pytest.mark.parametrize("objective,lam,K", [("elbo", 1.0, 2), ("iwae", 0.7, 3)])
-def test_bound_gradients_with_flow(objective, lam, K):
-    cfg, params, x, rng = small_model(q="flow")
-    cfg = cfg.replace(flow_hidden=4)
-    params = perturbed(model.init_params(cfg, rng), rng, 0.1)
-    family = get_family(cfg)
-    eps = rng.standard_normal((4, K, family.noise_dim))
-    value, grads = objectives.bound_and_grads(params, cfg, family, x, eps, lam, objective)
-    assert set(grads) == set(params)
-
-    def f(p):
-        return float(objectives.bound_and_grads(p, cfg, family, x, eps, lam, objective)[0].mean())
-
-    check_each(f, params, grads)
 
 
 def jacobian(flow, params, z0, v0, step=1e-6):
@@ -156,3 +122,46 @@ def test_local_flow_beats_the_optimal_ffg_on_a_correlated_posterior():
     se = logw.std(1) / np.sqrt(logw.shape[1])
     assert np.all(logw.mean(1) - 5 * se > elbo_ffg), (logw.mean(1), elbo_ffg, exact)
     assert np.all(logw.mean(1) < exact + 5 * se)
+
+
+# --- the flow's nets on the fused ELU (fastpath.elu) equal the reference ---------------------
+
+@pytest.mark.parametrize("shape", [(4, 5), (3, 4, 6)])
+def test_fused_elu_is_nn_elu_and_its_backward_passes_the_fd_check(shape):
+    r = np.random.default_rng(0)
+    x = 2 * r.standard_normal(shape)
+    x[np.abs(x) < 1e-3] = 0.5                                     # away from the kink
+    x.flat[:2] = [-800.0, 1e4]
+    u = r.standard_normal(shape)
+    y, back = fastpath.elu(x)
+    y0, back0 = nn.elu(x)
+    near(y, y0, 1e-14)
+    near(back(u), back0(u), 1e-14)
+    check_grads(lambda p: float(np.sum(fastpath.elu(p["x"])[0] * u[:2])), {"x": x[:2]},
+                {"x": back(u)[:2]})
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_flow_with_the_fused_elu_is_the_reference_flow(local):
+    r = np.random.default_rng(1)
+    fused = Flow(3, 2, 5, "elu")
+    assert fused._act is fastpath.elu
+    ref = Flow(3, 2, 5, "elu")
+    ref._act = "elu"
+    params = fused.init_local(r, 4, np.float64, np)[1] if local else {}
+    if not local:
+        fused.init_global(r, params, np.float64, np)
+    params = {k: v + 0.3 * r.standard_normal(v.shape) for k, v in params.items()}
+    h, eps = 0.5 * r.standard_normal((4, 6)), r.standard_normal((4, 3, 6))
+    u, w = r.standard_normal((4, 3, 3)), r.standard_normal((4, 3))
+    (z, logq, back), (z0, logq0, back0) = fused.sample(params, h, eps), ref.sample(params, h, eps)
+    near(z, z0, 1e-13)
+    near(logq, logq0, 1e-13)
+    (dh, g), (dh0, g0) = back(u, w), back0(u, w)
+    near(dh, dh0, 1e-12)
+    for k in g0:
+        near(g[k], g0[k], 1e-12)
+
+
+def near(got, want, rtol=1e-10):
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())

@@ -3,13 +3,19 @@ the FD tests check: float64, tight tolerances, same noise."""
 import numpy as np
 import pytest
 
-from kernels import coupling
+from kernels import coupling, tril
 from minivae import train
 from minivae.estimators import localopt
 from minivae.model import fastpath, fused_flow, objectives, optim
 from minivae.model.flow import positive_scale
 from minivae.model.posteriors import get_family
-from test_fastpaths import close, small
+from minivae.testing.kernels import DTYPES, SIM, nvvm_usable, ref_and_cuda
+from minivae.testing.kernels import close as kclose
+from minivae.testing.kernels import rng as krng
+
+from conftest import cuda_twin
+from test_train_step import near as close
+from test_train_step import small
 
 pytestmark = pytest.mark.skipif(fastpath.kernels() is None, reason="kernels/ cannot be loaded")
 
@@ -134,21 +140,12 @@ def test_flow_fit_local_uses_the_fused_gradient_and_follows_the_reference():
         close(fast["local"][k], ref["local"][k], 1e-9)
 
 
-def _nvvm():
-    try:
-        from numba.cuda.cudadrv import nvvm
-        nvvm.NVVM()
-        return True
-    except Exception:
-        return False
 
-
-@pytest.mark.skipif(not _nvvm(), reason="libNVVM (CUDA toolkit) not found")
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.skipif(SIM or not nvvm_usable(), reason="libNVVM (CUDA toolkit) not found")
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_coupling_and_tril_cuda_twins_compile_to_ptx(dtype):
     import numba
     from numba import cuda
-    from kernels import tril
     a, v, L, h = (np.zeros(s, dtype) for s in ((3, 4), 3, (3, 4, 4), (3, 14)))
     e3 = np.zeros((3, 2, 4), dtype)
     cases = [(coupling._coupling_forward_cuda, (a, a, a, a, a, v)),
@@ -158,6 +155,38 @@ def test_coupling_and_tril_cuda_twins_compile_to_ptx(dtype):
     for kernel, args in cases:
         ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(numba.typeof(x) for x in args), cc=(8, 0))
         assert ".entry" in ptx
+
+
+@cuda_twin
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_coupling_forward_and_backward(dtype):
+    r = krng(1)
+    x, a, m, dy = (r.standard_normal((5, 7)).astype(dtype) for _ in range(4))
+    a[0, :2] = [-60, 60]
+    dl = r.standard_normal(5).astype(dtype)
+    e = np.empty_like(x)
+    ref, dev = ref_and_cuda(coupling.coupling_forward, x, a, m, e, e, np.ones(5, dtype))
+    for got, want in zip(dev[3:], ref[3:]):
+        kclose(got, want, dtype)
+    ref, dev = ref_and_cuda(coupling.coupling_backward, dy, x, ref[4], dl, e, e, e)
+    for got, want in zip(dev[4:], ref[4:]):
+        kclose(got, want, dtype)
+
+
+@cuda_twin
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_tril_unpack_and_pack(dtype):
+    r, Z, B = krng(2), 4, 3
+    h = r.standard_normal((B, Z + Z * (Z + 1) // 2)).astype(dtype)
+    dL, s = r.standard_normal((B, Z, Z)).astype(dtype), r.standard_normal(B).astype(dtype)
+    dz, eps = (r.standard_normal((B, 2, Z)).astype(dtype) for _ in range(2))
+    ref, dev = ref_and_cuda(tril.tril_unpack, h, np.full((B, Z, Z), 7, dtype))
+    kclose(dev[1], ref[1], dtype)
+    L = ref[1]
+    ref, dev = ref_and_cuda(tril.tril_pack, dL, L, s, np.zeros_like(h))
+    kclose(dev[3], ref[3], dtype)
+    ref, dev = ref_and_cuda(tril.tril_pack_outer, dz, eps, L, s, np.zeros_like(h))
+    kclose(dev[4], ref[4], dtype)
 
 
 # --- the commands: fused by default, the reference with --impl ref -------------------------------

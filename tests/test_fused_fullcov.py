@@ -9,7 +9,8 @@ from minivae.estimators import localopt
 from minivae.model import fastpath, fused_fullcov, model, objectives, optim
 from minivae.model.fullcov import FullCov
 from minivae.model.posteriors import get_family
-from test_fastpaths import close, small
+from test_train_step import near as close
+from test_train_step import small
 
 pytestmark = pytest.mark.skipif(fastpath.kernels() is None, reason="kernels/ cannot be loaded")
 

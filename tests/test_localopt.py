@@ -10,7 +10,9 @@ from minivae.model import model
 from minivae.model.config import Config
 from minivae.model.densities import LOG2PI
 from minivae.errors import MinivaeError
+from minivae.model import fastpath, objectives
 from minivae.model.posteriors import get_family
+from test_train_step import near, small
 
 FAST = dict(samples=100, lr=0.02, check_every=50, patience=5)
 
@@ -170,3 +172,55 @@ def test_cli_localopt_missing_checkpoint(tmp_path):
     res = invoke("localopt", tmp_path / "nope.h5", "--out", tmp_path / "r.h5")
     assert res.exit_code != 0 and res.output.startswith("Error: ") and "does not exist" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+# --- the fused q*_FFG step (fastpath.QStarFFG) and Flow q* equal the reference ---------------
+
+def test_qstar_ffg_step_is_log_weights_backward():
+    cfg, params, x, rng = small()
+    family = get_family(cfg)
+    h = 0.5 * rng.standard_normal((6, 6))
+    eps = rng.standard_normal((6, 5, 3))
+    logw, back = objectives.log_weights(params, cfg, family, x, h, eps, decoder_grads=False)
+    dh, _ = back(np.full(logw.shape, 1 / 5))
+    step = fastpath.QStarFFG(params, 7, 5)
+    dh2, logw2 = step(params, x, h, eps)
+    near(logw2, logw)
+    near(dh2, dh)
+
+
+@pytest.mark.parametrize("dec_layers", [2, 0])
+def test_fit_local_fast_path_follows_the_reference(monkeypatch, dec_layers):
+    cfg, params, x, _ = small(dec_layers=dec_layers, n=5)
+    family = get_family(cfg)
+    settings = dict(max_steps=120, samples=4, lr=0.05, check_every=10, patience=2)
+    calls = []
+    monkeypatch.setattr(fastpath.QStarFFG, "__call__", lambda self, *a, _f=fastpath.QStarFFG.__call__:
+                        calls.append(1) or _f(self, *a))
+    fast = localopt.fit_local(params, cfg, family, x, np.random.default_rng(3), **settings)
+    assert calls
+    ref = localopt.fit_local(params, cfg, family, x, np.random.default_rng(3), impl="ref", **settings)
+    np.testing.assert_array_equal(fast["steps"], ref["steps"])
+    np.testing.assert_array_equal(fast["converged"], ref["converged"])
+    assert len(set(fast["steps"])) > 1                                   # rows were compacted
+    near(fast["local"]["h"], ref["local"]["h"], 1e-9)
+    near(np.nan_to_num(fast["trace"]), np.nan_to_num(ref["trace"]), 1e-10)
+
+
+def test_flow_fit_local_fused_decoder_and_adam_follow_the_reference():
+    cfg, params, x, _ = small(n=4)
+    cfg = cfg.replace(q="flow", flow_hidden=5)
+    family = get_family(cfg)
+    settings = dict(max_steps=40, samples=3, lr=0.02, check_every=10, patience=1)
+    fast = localopt.fit_local(params, cfg, family, x, np.random.default_rng(4), **settings)
+    ref = localopt.fit_local(params, cfg, family, x, np.random.default_rng(4), impl="ref", **settings)
+    np.testing.assert_array_equal(fast["steps"], ref["steps"])
+    for k in ref["local"]:
+        near(fast["local"][k], ref["local"][k], 1e-9)
+
+
+def test_fit_local_keeps_the_reference_for_other_models():
+    cfg, params, x, _ = small()
+    for c in (cfg.replace(act="tanh"), cfg.replace(q="flow", flow_hidden=4)):
+        assert not fastpath.supports(c, get_family(c))
+    assert fastpath.supports(cfg, get_family(cfg))

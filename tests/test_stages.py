@@ -205,3 +205,19 @@ def test_a_swallowed_interrupt_still_ends_the_run_after_the_next_save(tmp_path):
         stages.run(out, "toy", {}, 6, 2, fn, {}, progress=False)
     np.testing.assert_array_equal(io.load_results(out, "toy")[0]["index"], [0, 1, 2, 3])
     errors.clear_interrupt()
+
+
+def test_a_stage_records_its_wall_time_over_every_run(tmp_path):
+    """attrs["seconds"] adds up the runs that made a stage, so a resumed run reports its total."""
+    import time
+    out = str(tmp_path / "r.h5")
+
+    def slow(index, progress=None):
+        time.sleep(0.05)
+        return dict(v=index * 1.0)
+
+    stages.run(out, "toy", {}, 2, 2, slow, {}, progress=False)
+    first = io.load_results(out, "toy")[1]["seconds"]
+    stages.run(out, "toy", {}, 4, 2, slow, {}, progress=False)
+    total = io.load_results(out, "toy")[1]["seconds"]
+    assert first >= 0.05 and total >= first + 0.05

@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import evaluate, hmc
-from ..model import model, nn
+from ..model import fastpath, model
 from .. import stages
-from ..backend import get_xp, matmul, to_numpy
-from ..model.densities import bernoulli_logits, gaussian_lik
+from ..backend import get_xp, kernels, to_numpy
 from ..errors import MinivaeError
 
 FINAL, TUNE, REVERSE, SIMULATE = 0, 1, 2, 3   # noise streams per datapoint
@@ -46,26 +45,17 @@ def schedule(T, kind="sigmoid", delta=4.0):
     raise MinivaeError(f"unknown schedule {kind!r}: choose sigmoid or linear")
 
 
-def fusable(cfg):
-    """Whether kernels.decoder_grad computes this decoder's l = log p(x|z): Bernoulli output,
-    ELU hidden layers (or none). Gaussian likelihoods and tanh decoders run the NumPy path."""
-    return cfg.likelihood == "bernoulli" and (cfg.act == "elu" or cfg.dec_layers == 0)
-
-
 def likelihood_target(params, cfg, x, chains=1, impl="auto"):
     """target(z, need_value) -> (log p(x|z) (R,) or None, d/dz (R, Z)) for rows z: (R, Z).
 
     x: (N, D), once per datapoint; row r of z belongs to datapoint r // chains (datapoint-major).
-    Calling it runs the NumPy reference: decoder forward, then backward to z only (no weight
-    gradients). Its `fused` is the hmc.Fused form on kernels.decoder_grad with buffers for
-    exactly N * chains rows, or None (impl="ref", a model the kernels do not cover, no kernels).
-    The conv model (cfg.arch "conv") runs model.log_lik itself (ModelTarget, never fused).
+    Calling it runs the reference, model.log_lik(need_grads=False) and its backward to z. Its
+    `fused` is the hmc.Fused form on fastpath.Decoder with buffers for exactly N * chains rows,
+    or None (impl="ref", or a model Decoder does not cover: conv, tanh, Gaussian).
     """
     if impl not in ("auto", "ref"):
         raise ValueError(f"impl must be auto or ref, not {impl!r}")
-    if cfg.arch != "mlp":
-        return ModelTarget(params, cfg, x, chains)
-    if cfg.likelihood not in ("bernoulli", "gaussian"):
+    if cfg.arch == "mlp" and cfg.likelihood not in ("bernoulli", "gaussian"):
         raise MinivaeError(f"AIS supports bernoulli and gaussian likelihoods, not {cfg.likelihood!r}")
     return LikelihoodTarget(params, cfg, x, chains, impl)
 
@@ -75,55 +65,21 @@ class LikelihoodTarget:
 
     def __init__(self, params, cfg, x, chains, impl):
         xp = get_xp(x)
-        self.cfg, self.n = cfg, cfg.dec_layers + 1
-        self.W = [params[f"dec.fc{i}.W"] for i in range(self.n)]
-        self.b = [params[f"dec.fc{i}.b"] for i in range(self.n)]
+        self.params, self.cfg = params, cfg
         self.x = xp.repeat(x, chains, axis=0) if chains > 1 else x      # (R, D)
         self.fused = None
-        k = hmc.kernels() if impl == "auto" and fusable(cfg) else None
-        if k is not None:
-            x1, buf = xp.ascontiguousarray(x), k.decoder_buffers(params, len(x) * chains, x.dtype)
+        if impl == "auto" and fastpath.decoder_supported(cfg):
+            x1, dec = xp.ascontiguousarray(x), fastpath.Decoder(params, len(x) * chains, x.dtype)
 
             def grad_log_f(z, beta, need_value):
-                g, ll = k.decoder_grad(params, x1, z, chains, beta, need_value, buf)
-                return g, ll, buf.grad_ll
+                g, ll = dec(params, x1, z, chains, beta, need_value)
+                return g, ll, dec.grad_ll
 
-            self.fused = hmc.Fused(grad_log_f, buf.rows, cfg.latent, x.dtype, xp)
-
-    def __call__(self, z, need_value=True):
-        act, W, b = nn.ACTIVATIONS[self.cfg.act], self.W, self.b
-        h, backs = z, []
-        for i in range(self.n):
-            h = matmul(h, W[i]) + b[i]                           # (R, H) ... (R, D)
-            if i < self.n - 1:
-                h, back = act(h)
-                backs.append(back)
-        ll = None
-        if self.cfg.likelihood == "gaussian":
-            ll, d = gaussian_lik(self.x, h, self.cfg.obs_std)
-        elif need_value:
-            ll, d = bernoulli_logits(self.x, h)
-        else:                                                    # skip the softplus sum
-            d = self.x - 0.5 * (get_xp(h).tanh(0.5 * h) + 1)
-        for i in reversed(range(self.n)):
-            d = matmul(d, W[i].T)
-            if i > 0:
-                d = backs[i - 1](d)
-        return ll, d
-
-
-class ModelTarget:
-    """likelihood_target for any model by model.log_lik(need_grads=False) and its backward to z:
-    the reference path, used for the conv model (whose decoder the fused kernels do not cover)."""
-    fused = None
-
-    def __init__(self, params, cfg, x, chains):
-        self.params, self.cfg = params, cfg
-        self.x = get_xp(x).repeat(x, chains, axis=0) if chains > 1 else x   # (R, D)
+            self.fused = hmc.Fused(grad_log_f, dec.rows, cfg.latent, x.dtype, xp)
 
     def __call__(self, z, need_value=True):
-        ll, back = model.log_lik(self.params, self.cfg, self.x, z, need_grads=False)
-        dz, _ = back(get_xp(z).ones_like(ll))
+        ll, back = model.log_lik(self.params, self.cfg, self.x, z, need_grads=False, need_value=need_value)
+        dz, _ = back(get_xp(z).ones(z.shape[:-1], z.dtype))
         return ll, dz
 
 
@@ -176,7 +132,7 @@ def anneal(target, z, betas, rngs, s, step, frozen=False, progress=None, impl="a
         if fused is None:
             logw += (betas[t] - betas[t - 1]) * ll.astype(np.float64)
         else:
-            hmc.kernels().ais_log_weight(logw, ll, betas[t] - betas[t - 1])
+            kernels().ais_log_weight(logw, ll, betas[t] - betas[t - 1])
         if t == T:
             break
         p0, log_u = noise.draw()
@@ -265,7 +221,6 @@ def run(params, cfg, x, out, s, seed=0, block=10, meta=None, progress=True, impl
     per-datapoint arrays. impl="auto": the fused kernels where they cover the model, "ref":
     NumPy (same numbers to rounding; not part of the saved settings)."""
     check_settings(s)
-    evaluate.check_options(block=block)
     settings = dict(asdict(s), seed=seed, dtype=cfg.dtype, **(meta or {}))
     shared = dict(params=params, cfg=cfg, x=x, s=s, seed=seed, impl=impl)
     return stages.run(out, "ais", settings, len(x), block, compute, shared, finite=("estimate",),

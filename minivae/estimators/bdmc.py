@@ -86,7 +86,7 @@ def run(params, cfg, n, out, s, seed=0, block=10, meta=None, progress=True, impl
     """BDMC on n datapoints simulated from the model, saved to stage "bdmc" after each block
     (a stopped run resumes, stages.run). Returns the per-datapoint arrays."""
     check_settings(s)
-    evaluate.check_options(n=n, block=block)
+    evaluate.check_options(n=n)
     settings = dict(asdict(s), seed=seed, dtype=cfg.dtype, **(meta or {}))
     shared = dict(params=params, cfg=cfg, s=s, seed=seed, impl=impl)
     return stages.run(out, "bdmc", settings, n, block, compute, shared, finite=("lower", "upper"),

@@ -4,7 +4,7 @@ import hashlib
 
 import numpy as np
 
-from .. import data, io
+from .. import data, io, pretrained
 from ..backend import device_xp, get_dtype
 from ..errors import CheckpointError, MinivaeError
 
@@ -50,7 +50,7 @@ def check_options(**values):
 def file_digest(path):
     """sha256 of a file: ties a results stage to the exact checkpoint that made it."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(pretrained.locate(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

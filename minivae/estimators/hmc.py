@@ -19,18 +19,11 @@ arrays. The target is log p(x|z), not log f, because AIS needs l of the current 
 weight update, and at a change of beta the prior term and beta are applied here without
 another decoder call.
 """
-import functools
 import math
-import warnings
 
 import numpy as np
 
-from ..backend import get_xp
-
-try:
-    import kernels as _package
-except Exception:  # ImportError, or a Numba that cannot build them: kernels() is then None
-    _package = None
+from ..backend import get_xp, kernels
 
 
 def _col(a, z):
@@ -96,19 +89,6 @@ def hmc_transition(z, ll, gll, target, beta, step, momentum0, log_u, L, target_a
 
 # ---- the fused path ---------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def kernels():
-    """The fused kernels package, or None where it cannot be loaded (the reference then runs)."""
-    k = _package
-    if k is None:
-        return None
-    if not hasattr(k, "hmc_accept"):  # an editable install made before kernels/__init__.py existed
-        warnings.warn("kernels/ imports as an empty namespace package: run `pip install -e .` again; "
-                      "AIS runs the NumPy reference", RuntimeWarning, stacklevel=2)
-        return None
-    return k
-
-
 def fused_of(target, impl="auto"):
     """The `Fused` form of target that impl selects: None for impl="ref" or a plain target."""
     if impl not in ("auto", "ref"):
@@ -120,7 +100,7 @@ class Fused:
     """A target's fused form and the transition's preallocated arrays, for R rows of Z.
 
     grad_log_f(z, beta, need_value) -> (grad log f (R, Z), l (R,) or None, grad l (R, Z)):
-    arrays of its own that its next call overwrites (kernels.decoder_grad's buffers).
+    arrays of its own that its next call overwrites (fastpath.Decoder's buffers).
     """
 
     def __init__(self, grad_log_f, rows, latent, dtype, xp):

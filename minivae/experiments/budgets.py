@@ -98,8 +98,8 @@ def model_config(dataset, budget, overrides, seed, experiment):
 
 
 # The authors' training sets (lxuechen/inference-suboptimality loader.py): MNIST trains on the
-# 50 000 training and 10 000 validation images together. Their Fashion-MNIST split (55k/5k) and
-# CIFAR-10 handling differ from ours; the report lists that.
+# 50 000 training and 10 000 validation images together; Fashion-MNIST on its 55 000 training
+# images (data.py's "fashion" is their binarization and split).
 TRAIN_SPLIT = {"mnist": "train+valid"}
 # The authors' evaluation datapoints (utils/helper.py, get_loaders(evaluate=True)): the first
 # 1000 training images (MNIST, Fashion-MNIST; the budget's n, 1000 at the paper budget), the

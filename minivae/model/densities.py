@@ -40,13 +40,14 @@ def softplus(a):
     return xp.maximum(a, 0) + xp.log1p(xp.exp(-xp.abs(a)))
 
 
-def bernoulli_logits(x, logits):
+def bernoulli_logits(x, logits, need_value=True):
     """log Bernoulli(x; sigmoid(logits)) summed over the last axis, stable for any logit.
 
-    Returns (value, dvalue/dlogits) where the gradient is x - sigmoid(logits).
+    Returns (value, dvalue/dlogits) where the gradient is x - sigmoid(logits); value None
+    when need_value is False (HMC's inner leapfrog steps need only the gradient).
     """
     xp = get_xp(logits)
-    ll = (x * logits - softplus(logits)).sum(-1)
+    ll = (x * logits - softplus(logits)).sum(-1) if need_value else None
     grad = x - 0.5 * (xp.tanh(0.5 * logits) + 1)
     return ll, grad
 

@@ -1,75 +1,55 @@
 """Buffered, kernel-fused twins of the hot loops, for the paper's model class: an FFG
 posterior, ELU hidden layers and a Bernoulli decoder.
 
+  Decoder       model.log_lik(..., need_grads=False) and its gradient wrt z, on buffers: the one
+                fused decoder (q*, AIS, BDMC), an ELU/Bernoulli MLP
   TrainStep     objectives.bound_and_grads + optim.adam_step (one training step)
   QStarFFG      localopt's q*_FFG gradient with the decoder fixed: d ELBO / d h and log w
-  log_lik_dz    model.log_lik(..., need_grads=False): log p(x|z) and d/dz only (any q*)
+  log_lik_dz    model.log_lik(..., need_grads=False) by Decoder, as (ll, backward) (any q*)
   elu           nn.elu by the fused kernels (the flow's nets)
 
 The maths is the layer code's (nn, densities, posteriors, optim: the FD-checked reference);
 here the matrix products write into preallocated buffers, the elementwise work between them
 runs in fused kernels (kernels/), the encoder's first product skips the zeros of binarized
-images, and Adam updates every parameter in one kernel call. tests/test_fastpaths.py checks
-both against the reference. `supports` says when they apply; callers fall back otherwise.
+images, and Adam updates every parameter in one kernel call. tests/test_train_step.py,
+test_decoder_fused.py and test_localopt.py check each against the reference. `supports` says when they apply; callers fall back otherwise.
 """
-import functools
-from types import SimpleNamespace
-
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, kernels
 from .densities import reduce_weights
 from .optim import adam_scalars
-
-try:
-    import kernels as _package
-    from kernels.adam_dense import adam_dense
-    from kernels.reparam import ffg_backward, ffg_forward
-    from kernels.sparse_input import sparse_matmul, sparse_matmul_tn
-except Exception:  # ImportError, or a Numba that cannot build them: kernels() is then None
-    _package = None
 
 # The encoder's first product skips the zeros of x below this density (binarized MNIST: 0.13,
 # where skipping costs about 0.45 of a BLAS product; break-even is near 0.3). CPU only.
 SPARSE_BELOW = 0.25
 
 
-@functools.lru_cache(maxsize=None)
-def kernels():
-    """The fused kernels used here, or None where they cannot be loaded (the reference runs)."""
-    k = _package
-    if k is None:
-        return None
-    names = ("bernoulli_grad", "bias_elu", "decoder_buffers", "decoder_grad", "elu_backward")
-    return SimpleNamespace(adam_dense=adam_dense, ffg_forward=ffg_forward, ffg_backward=ffg_backward,
-                           sparse_matmul=sparse_matmul, sparse_matmul_tn=sparse_matmul_tn,
-                           **{n: getattr(k, n) for n in names})
-
-
 def supports(cfg, family):
     """Whether the fast paths handle this model: FFG q, ELU hidden layers, Bernoulli p(x|z)."""
-    return family.name == "ffg" and decoder_supported(cfg)
+    return family.name == "ffg" and cfg.act == "elu" and decoder_supported(cfg)
 
 
 def decoder_supported(cfg):
-    """Whether log_lik_dz handles this decoder: an MLP with ELU hidden layers, Bernoulli p(x|z)."""
-    return (cfg.arch == "mlp" and cfg.act == "elu" and cfg.likelihood == "bernoulli"
+    """Whether Decoder (and log_lik_dz) handles this decoder: an MLP with ELU hidden layers
+    (or none), Bernoulli p(x|z)."""
+    return (cfg.arch == "mlp" and cfg.likelihood == "bernoulli" and (cfg.act == "elu" or cfg.dec_layers == 0)
             and kernels() is not None)
 
 
 def log_lik_dz(params, cfg, x, z, workspace=None):
-    """model.log_lik(params, cfg, x, z, need_grads=False) by kernels.decoder_grad: log p(x|z)
-    (B,) or (B, K) and backward(dll) -> (dz, {}); z: (B, Z) or (B, K, Z). The gradient wrt z
-    is computed here, with the value. workspace: a dict kept by the caller between calls, where
-    the decoder's buffers stay (else they are allocated on every call)."""
+    """model.log_lik(params, cfg, x, z, need_grads=False) by Decoder: log p(x|z) (B,) or (B, K)
+    and backward(dll) -> (dz, {}); z: (B, Z) or (B, K, Z). The gradient wrt z is computed here,
+    with the value. workspace: a dict kept by the caller between calls, where the decoder's
+    buffers stay (else they are allocated on every call)."""
     K = z.shape[1] if z.ndim == x.ndim + 1 else 1
     R, Z = x.shape[0] * K, z.shape[-1]
     workspace = {} if workspace is None else workspace
-    buf = workspace.get("decoder")
-    if buf is None or buf.rows < R or buf.grad_ll.dtype != z.dtype:
-        buf = workspace["decoder"] = kernels().decoder_buffers(params, R, z.dtype)
-    _, ll = kernels().decoder_grad(params, x, z.reshape(R, Z), K, 1.0, True, buf)
-    ll, gll = ll.reshape(z.shape[:-1]).copy(), buf.grad_ll[:R].reshape(z.shape).copy()
+    dec = workspace.get("decoder")
+    if dec is None or dec.rows < R or dec.dtype != z.dtype:
+        dec = workspace["decoder"] = Decoder(params, R, z.dtype)
+    _, ll = dec(params, x, z.reshape(R, Z), K)
+    ll, gll = ll.reshape(z.shape[:-1]).copy(), dec.grad_ll[:R].reshape(z.shape).copy()
 
     def backward(dll):
         return gll * dll[..., None], {}
@@ -101,11 +81,12 @@ def mostly_zeros(x):
 
 class _MLP:
     """Buffers of the ELU MLP `prefix.fc{i}` for up to `rows` rows: activations (reused for
-    the backward's dh) and ELU derivatives per hidden layer, and the output."""
+    the backward's dh) and ELU derivatives per hidden layer, and the output. dtype: of the
+    weights unless given; impl: the kernels' (auto, ref, cpu, cuda)."""
 
-    def __init__(self, params, prefix, rows):
+    def __init__(self, params, prefix, rows, dtype=None, impl="auto"):
         W0 = params[f"{prefix}.fc0.W"]
-        xp, dt = get_xp(W0), W0.dtype
+        xp, dt = get_xp(W0), dtype or W0.dtype
         self.n = 0
         while f"{prefix}.fc{self.n}.W" in params:
             self.n += 1
@@ -113,7 +94,7 @@ class _MLP:
         widths = [params[kW].shape[1] for kW, _ in self.keys]
         self.act = [xp.empty((rows, w), dt) for w in widths[:-1]] + [xp.empty((rows, widths[-1]), dt)]
         self.der = [xp.empty((rows, w), dt) for w in widths[:-1]]
-        self.sparse = False
+        self.sparse, self.impl = False, impl
 
     def forward(self, params, x, bias_last=True, sparse=False):
         """mlp(x): (R, out), with or without the last layer's bias. sparse: x is mostly zeros
@@ -124,11 +105,11 @@ class _MLP:
         for i, (kW, kb) in enumerate(self.keys):
             a = self.act[i][:R]
             if i == 0 and sparse:
-                k.sparse_matmul(x, params[kW], a)
+                k.sparse_matmul(x, params[kW], a, impl=self.impl)
             else:
                 xp.matmul(h, params[kW], out=a)
             if i < self.n - 1:
-                k.bias_elu(a, params[kb], a, self.der[i][:R])
+                k.bias_elu(a, params[kb], a, self.der[i][:R], impl=self.impl)
             elif bias_last:
                 a += params[kb]
             h = a
@@ -143,7 +124,7 @@ class _MLP:
             inp = x if i == 0 else self.act[i - 1][:R]
             if kW in grads:
                 if i == 0 and self.sparse:
-                    k.sparse_matmul_tn(x, dy, grads[kW])
+                    k.sparse_matmul_tn(x, dy, grads[kW], impl=self.impl)
                 else:
                     xp.matmul(inp.T, dy, out=grads[kW])
             if kb in grads:
@@ -153,8 +134,44 @@ class _MLP:
                     xp.matmul(dy, params[kW].T, out=dx)
                 return
             xp.matmul(dy, params[kW].T, out=inp)      # the activation has been used: reuse it
-            k.elu_backward(inp, self.der[i - 1][:R], inp)
+            k.elu_backward(inp, self.der[i - 1][:R], inp, impl=self.impl)
             dy = inp
+
+
+class Decoder:
+    """The fused twin of model.log_lik's gradient wrt z for an ELU/Bernoulli MLP decoder, on up
+    to `rows` rows (datapoints x chains, datapoint-major; x given once per datapoint):
+
+        l = dec(z) (logits);  g = x - sigmoid(l);  grad_ll = J_dec(z)^T g = grad_z log p(x|z)
+        grad_z = beta grad_ll - z = grad_z [log N(z; 0, I) + beta log p(x|z)]
+
+    Matrix products in BLAS into buffers (_MLP), ELU and the Bernoulli layer in fused kernels,
+    no weight gradients. Used by training's q* (QStarFFG, log_lik_dz), AIS and BDMC."""
+
+    def __init__(self, params, rows, dtype=None, impl="auto"):
+        self.mlp = _MLP(params, "dec", rows, dtype, impl)
+        W0 = params["dec.fc0.W"]
+        xp, self.dtype, Z = get_xp(W0), np.dtype(dtype or W0.dtype), W0.shape[0]
+        self.rows, self.impl = rows, impl
+        self.grad_ll, self.grad_z = xp.empty((rows, Z), self.dtype), xp.empty((rows, Z), self.dtype)
+        self.ll = xp.empty(rows, self.dtype)
+
+    def __call__(self, params, x, z, chains=1, beta=1.0, want_ll=True):
+        """(grad_z (R, Z), log p(x|z) (R,) or None) for x (N, D), z (R, Z), R = N * chains;
+        grad log p(x|z) is left in self.grad_ll[:R]. All live in the buffers: the next call
+        overwrites them, copy to keep."""
+        R = z.shape[0]
+        if R > self.rows:
+            raise ValueError(f"{R} rows of z, but a decoder for {self.rows}")
+        xp, k = get_xp(z), kernels()
+        out = self.mlp.forward(params, z, bias_last=False)               # (R, D) logits less the bias
+        ll = self.ll[:R] if want_ll else None
+        k.bernoulli_grad(out, params[self.mlp.keys[-1][1]], x, chains, out, ll, want_ll, impl=self.impl)
+        gll, gz = self.grad_ll[:R], self.grad_z[:R]                       # (R, Z)
+        self.mlp.backward(params, z, out, {}, gll)
+        xp.multiply(gll, beta, out=gz)
+        gz -= z
+        return gz, ll
 
 
 def _adopt(d, keys, xp, dtype):
@@ -237,13 +254,13 @@ class TrainStep:
 
 class QStarFFG:
     """localopt's q*_FFG step, decoder fixed: (d ELBO_n / d h_n (N, 2Z), log w (N, S)) for
-    h (N, 2Z) and eps (N, S, Z), ELBO_n = mean_s log w. kernels.decoder_grad gives
-    grad_z log p(x|z) and log p(x|z) over the N x S rows, without decoder weight gradients."""
+    h (N, 2Z) and eps (N, S, Z), ELBO_n = mean_s log w. Decoder gives grad_z log p(x|z) and
+    log p(x|z) over the N x S rows, without decoder weight gradients."""
 
     def __init__(self, params, n, samples):
         W = params["dec.fc0.W"]
         xp, dt, Z = get_xp(W), W.dtype, W.shape[0]
-        self.buf = kernels().decoder_buffers(params, n * samples)
+        self.dec = Decoder(params, n * samples)
         self.z = xp.empty((n * samples, Z), dt)
         self.c, self.w = xp.empty((n, samples), dt), xp.full((n, samples), 1.0 / samples, dt)
         self.std, self.dh = xp.empty((n, Z), dt), xp.empty((n, 2 * Z), dt)
@@ -253,8 +270,8 @@ class QStarFFG:
         kern, R = kernels(), N * S
         std, z, c, w = _std(h, self.std[:N]), self.z[:R], self.c[:N], self.w[:N]
         kern.ffg_forward(h, std, eps, 1.0, z, c)
-        _, ll = kern.decoder_grad(params, x, z, S, 1.0, True, self.buf)
-        kern.ffg_backward(h, std, eps, self.buf.grad_ll[:R], w, 1.0, False, self.dh[:N])
+        _, ll = self.dec(params, x, z, S)
+        kern.ffg_backward(h, std, eps, self.dec.grad_ll[:R], w, 1.0, False, self.dh[:N])
         return self.dh[:N], ll.reshape(N, S) + c
 
 

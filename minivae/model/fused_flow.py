@@ -13,20 +13,15 @@ kernel pass each (kernels.coupling). tests/test_fused_flow.py checks both agains
 import math
 
 from . import fastpath
-from ..backend import get_xp
+from ..backend import get_xp, kernels
 from .densities import LOG2PI, reduce_weights
-
-try:
-    from kernels.coupling import coupling_backward, coupling_forward
-except Exception:  # as fastpath: no kernels, no fused path
-    coupling_forward = coupling_backward = None
 
 
 def supports(cfg, family, frozen=()):
     """Whether the fused flow applies: a flow q with ELU nets, an ELU/Bernoulli MLP decoder, and
     no frozen flow nets (training)."""
     return (family.name == "flow" and family.act == "elu" and fastpath.decoder_supported(cfg)
-            and coupling_forward is not None and not any(f.startswith("q") for f in frozen))
+            and not any(f.startswith("q") for f in frozen))
 
 
 class _Nets:
@@ -50,7 +45,7 @@ class _Nets:
     def forward(self, spec, u):
         """The nets' outputs (L, R, out) for input u (R, in) or (L*R, in)."""
         Ws, bs = spec[0], spec[1]
-        k, xp = fastpath.kernels(), get_xp(u)
+        k, xp = kernels(), get_xp(u)
         h = self._x(u)
         for i in range(self.n):
             a = self.act[i]
@@ -71,7 +66,7 @@ class _Nets:
         """From self.dy (overwritten): weight and bias gradients into spec[2], spec[3], and
         d/du added into du (R, in) or (L*R, in). Overwrites the activations."""
         Ws, gWs, gbs = spec[0], spec[2], spec[3]
-        k, xp = fastpath.kernels(), get_xp(u)
+        k, xp = kernels(), get_xp(u)
         x, dy = self._x(u), self.dy
         for i in range(self.n - 1, -1, -1):
             inp = x if i == 0 else self.act[i - 1]
@@ -146,7 +141,7 @@ class FlowCore:
         self.logdet, self.c, self.r = e(R), e(R), e(R)
 
     def forward(self, spec, h, eps, lam):
-        xp, Z, B, K = get_xp(h), self.Z, self.B, self.K
+        xp, k, Z, B, K = get_xp(h), kernels(), self.Z, self.B, self.K
         R = B * K
         self.ez.reshape(B, K, Z)[...] = eps[..., :Z]
         self.ev.reshape(B, K, Z)[...] = eps[..., Z:]
@@ -172,9 +167,9 @@ class FlowCore:
         self.logdet[...] = 0
         for i in range(self.steps):
             a, m = self.halves[2 * i].forward(spec, self.z[i])
-            coupling_forward(self.v[i], a, m, self.v[i + 1], self.s[2 * i], self.logdet)
+            k.coupling_forward(self.v[i], a, m, self.v[i + 1], self.s[2 * i], self.logdet)
             a, m = self.halves[2 * i + 1].forward(spec, self.v[i + 1])
-            coupling_forward(self.z[i], a, m, self.z[i + 1], self.s[2 * i + 1], self.logdet)
+            k.coupling_forward(self.z[i], a, m, self.z[i + 1], self.s[2 * i + 1], self.logdet)
         zT, vT = self.z[-1], self.v[-1]
         rv = self.rv.forward(spec("q.rv"), zT).reshape(R, 2 * Z)
         # -2 log r(vT|zT) - Z log 2pi = sum (d^2 prec + lr);  d = vT - mr, prec = exp(-lr)
@@ -194,7 +189,7 @@ class FlowCore:
         return zT, c
 
     def backward(self, spec, g, w, lam):
-        xp, Z, B, K = get_xp(g), self.Z, self.B, self.K
+        xp, k, Z, B, K = get_xp(g), kernels(), self.Z, self.B, self.K
         R = B * K
         zT = self.z[-1]
         dz, dv = self.dz, self.dv
@@ -213,10 +208,10 @@ class FlowCore:
         for i in range(self.steps - 1, -1, -1):
             h2, h1 = self.halves[2 * i + 1], self.halves[2 * i]
             da, dm = h2.grad_buffers(R)
-            coupling_backward(dz, self.z[i], self.s[2 * i + 1], dl, da, dm, dz)
+            k.coupling_backward(dz, self.z[i], self.s[2 * i + 1], dl, da, dm, dz)
             h2.backward(spec, self.v[i + 1], dv)
             da, dm = h1.grad_buffers(R)
-            coupling_backward(dv, self.v[i], self.s[2 * i], dl, da, dm, dv)
+            k.coupling_backward(dv, self.v[i], self.s[2 * i], dl, da, dm, dv)
             h1.backward(spec, self.z[i], dz)
         dqv = self.qv.dy.reshape(R, 2 * Z)
         dqv[:, :Z] = dv
@@ -291,7 +286,7 @@ class FlowTrainStep(fastpath.TrainStep):
         B, K, _ = eps.shape
         if B != self.batch or K != self.k:
             raise ValueError(f"FlowTrainStep made for {self.batch} x {self.k} samples, got {B} x {K}")
-        params, kern, R = self.params, fastpath.kernels(), B * K
+        params, kern, R = self.params, kernels(), B * K
         h = self.enc.forward(params, x, sparse=self.sparse)                  # (B, 2Z)
         z, c = self.core.forward(self.specs.__getitem__, h, eps, lam)        # (R, Z), (R,)
         out = self.dec.forward(params, z, bias_last=False)                  # (R, D)
@@ -320,7 +315,7 @@ class QStarFlow:
         W = self.params["dec.fc0.W"]
         xp, dt = get_xp(W), W.dtype
         self.n = n
-        self.buf = fastpath.kernels().decoder_buffers(self.params, n * self.S)
+        self.dec = fastpath.Decoder(self.params, n * self.S)
         self.core = FlowCore(self.family, n, self.S, False, dt, xp)
         self.grads = {k: xp.empty_like(v) for k, v in work.items() if k != "h"}
         self.w = xp.full(n * self.S, 1.0 / self.S, dt)
@@ -336,8 +331,8 @@ class QStarFlow:
                     [g[f"{p}.fc{i}.W"] for i in range(3)], [g[f"{p}.fc{i}.b"] for i in range(3)])
 
         z, c = self.core.forward(spec, work["h"], eps, 1.0)
-        _, ll = fastpath.kernels().decoder_grad(self.params, x, z, S, 1.0, True, self.buf)
-        gll = self.buf.grad_ll[:R]
+        _, ll = self.dec(self.params, x, z, S)
+        gll = self.dec.grad_ll[:R]
         gll *= self.w[:, None]
         logw = (ll + c).reshape(N, S)
         dh = self.core.backward(spec, gll, self.w, 1.0)

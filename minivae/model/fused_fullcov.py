@@ -11,18 +11,13 @@ both against fullcov.py.
 import numpy as np
 
 from . import fastpath
-from ..backend import get_xp
+from ..backend import get_xp, kernels
 from .densities import LOG2PI, reduce_weights
-
-try:
-    from kernels.tril import tril_pack, tril_pack_outer, tril_unpack
-except Exception:  # as fastpath: no kernels, no fused path
-    tril_pack = tril_pack_outer = tril_unpack = None
 
 
 def supports(cfg, family):
     """Whether the fused full-covariance paths apply (an ELU/Bernoulli MLP decoder)."""
-    return family.name == "fullcov" and fastpath.decoder_supported(cfg) and tril_pack is not None
+    return family.name == "fullcov" and fastpath.decoder_supported(cfg)
 
 
 class FullCovCore:
@@ -42,7 +37,7 @@ class FullCovCore:
     def forward(self, h, eps, lam):
         xp, Z, B, K = get_xp(h), self.Z, self.B, self.K
         self.eps = eps
-        tril_unpack(h, self.L)
+        kernels().tril_unpack(h, self.L)
         z3 = self.z.reshape(B, K, Z)
         xp.matmul(eps, self.L.swapaxes(-1, -2), out=z3)
         z3 += h[:, None, :Z]
@@ -65,10 +60,10 @@ class FullCovCore:
         xp.sum(dz3, axis=1, out=self.dh[:, :Z])
         s = (-lam) * w.reshape(B, K).sum(1)                        # d/dlogq summed over k
         if K <= 4:                                                 # dL formed in the kernel
-            tril_pack_outer(dz3, self.eps, self.L, s, self.dh)
+            kernels().tril_pack_outer(dz3, self.eps, self.L, s, self.dh)
         else:
             xp.matmul(dz3.swapaxes(-1, -2), self.eps, out=self.dL)  # (B, Z, Z)
-            tril_pack(self.dL, self.L, s, self.dh)
+            kernels().tril_pack(self.dL, self.L, s, self.dh)
         return self.dh
 
 
@@ -85,7 +80,7 @@ class FullCovTrainStep(fastpath.TrainStep):
         B, K, _ = eps.shape
         if B != self.batch or K != self.k:
             raise ValueError(f"FullCovTrainStep made for {self.batch} x {self.k} samples, got {B} x {K}")
-        params, kern, R = self.params, fastpath.kernels(), B * K
+        params, kern, R = self.params, kernels(), B * K
         h = self.enc.forward(params, x, sparse=self.sparse)                  # (B, P)
         z, c = self.core.forward(h, get_xp(h).ascontiguousarray(eps), lam)  # (R, Z), (R,)
         out = self.dec.forward(params, z, bias_last=False)                  # (R, D)
@@ -114,12 +109,12 @@ class QStarFullCov:
         W = self.params["dec.fc0.W"]
         if self.n != N:
             self.n = N
-            self.buf = fastpath.kernels().decoder_buffers(self.params, N * S)
+            self.dec = fastpath.Decoder(self.params, N * S)
             self.core = FullCovCore(self.Z, N, S, W.dtype, get_xp(W))
             self.w = get_xp(W).full(N * S, 1.0 / S, W.dtype)
         z, c = self.core.forward(work["h"], eps, 1.0)
-        _, ll = fastpath.kernels().decoder_grad(self.params, x, z, S, 1.0, True, self.buf)
-        gll = self.buf.grad_ll[:N * S]
+        _, ll = self.dec(self.params, x, z, S)
+        gll = self.dec.grad_ll[:N * S]
         gll *= self.w[:, None]
         logw = (ll + c).reshape(N, S)
         return {"h": self.core.backward(gll, self.w, 1.0)}, logw

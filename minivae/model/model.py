@@ -79,17 +79,18 @@ def decode(params, cfg, z, need_grads=True):
     return out.reshape(lead + (out.shape[-1],)), backward
 
 
-def log_lik(params, cfg, x, z, need_grads=True):
+def log_lik(params, cfg, x, z, need_grads=True, need_value=True):
     """log p(x|z): x (B, D), z (B, D)-matched (B, Z) or (B, K, Z) -> (B,) or (B, K).
 
     backward(dll) -> (dz, decoder grads); need_grads=False: dz only (grads {}).
+    need_value=False: a Bernoulli decoder may return None for log p(x|z) (dz only, for HMC).
     """
     if cfg.arch == "conv":
         return convmodel.log_lik(params, cfg, x, z, need_grads)
     out, back = decode(params, cfg, z, need_grads)
     xb = x[:, None, :] if z.ndim == x.ndim + 1 else x
     if cfg.likelihood == "bernoulli":
-        ll, dout = bernoulli_logits(xb, out)
+        ll, dout = bernoulli_logits(xb, out, need_value)
     else:
         ll, dout = gaussian_lik(xb, out, cfg.obs_std)
 

@@ -7,9 +7,9 @@ so that it equals the textbook update exactly).
 """
 import math
 
-from kernels.adam_dense import adam_dense, adam_dense_ref, adam_rows
+from kernels.adam import adam_dense_ref, adam_rows_ref
 
-from ..backend import get_xp
+from ..backend import get_xp, kernels
 
 
 def adam_init(params):
@@ -18,16 +18,11 @@ def adam_init(params):
                 v={k: xp.zeros_like(p) for k, p in params.items()}, t=0)
 
 
-def _kernels():
-    """The fused Adam kernels (kernels.adam_dense: adam_dense, adam_rows)."""
-    return adam_dense, adam_rows
-
-
 def _fused(impl, arrays):
     """The kernels to run, or None for the NumPy code (impl="ref", no kernels, odd layouts)."""
     if impl == "ref":
         return None
-    k = _kernels()
+    k = kernels()
     if k is None or not all(a.flags.c_contiguous for a in arrays):
         if impl == "kernel":
             raise ValueError("the Adam kernels are unavailable or the arrays not C-contiguous")
@@ -45,40 +40,35 @@ def adam_scalars(state, lr, b1=0.9, b2=0.999, eps=1e-8):
 
 def adam_step(params, grads, state, lr, b1=0.9, b2=0.999, eps=1e-8, impl="auto"):
     """One ascent step on every key of `grads`, in place (params, m, v updated).
-    impl: "ref" kernels.adam_dense.adam_dense_ref (NumPy), "kernel" kernels.adam_dense (the same numbers, one pass per
-    key), "auto" the kernel where it can run."""
+    impl: "ref" kernels.adam.adam_dense_ref (NumPy), "kernel" its kernel adam_dense (the same
+    numbers, one pass per key), "auto" the kernel where it can run."""
     step, eps_hat = adam_scalars(state, lr, b1, b2, eps)
     for k, g in grads.items():
         m, v, p = state["m"][k], state["v"][k], params[k]
         fused = _fused(impl, (p, g, m, v))
-        (fused[0] if fused is not None else adam_dense_ref)(p, g, m, v, step, eps_hat, b1, b2)
+        (fused.adam_dense if fused is not None else adam_dense_ref)(p, g, m, v, step, eps_hat, b1, b2)
 
 
 def batched_adam_step(params, grads, state, lr, active, b1=0.9, b2=0.999, eps=1e-8, impl="auto"):
     """Adam with one state per datapoint: every array has leading axis N, `state["t"]` is
     (N,) and rows with active == False are left untouched (frozen, converged datapoints).
-    impl as adam_step's; the kernel (kernels.adam_dense.adam_rows) sees each key as (N, P)."""
+    impl as adam_step's: the reference kernels.adam.adam_rows_ref, or its kernel
+    adam_rows, which sees each key as (N, P)."""
     t = state["t"]
     t += active
     xp = get_xp(t)
     tt = xp.maximum(t, 1).astype(next(iter(params.values())).dtype)
     c2 = xp.sqrt(1 - b2 ** tt)
     step = xp.where(active, lr * c2 / (1 - b1 ** tt), 0)
+    eps_hat = eps * c2
     fused = _fused(impl, [a for k in grads for a in (params[k], grads[k], state["m"][k], state["v"][k])])
-    if fused is not None:
-        eps_hat = eps * c2
-        for k, g in grads.items():
-            n = g.shape[0]
-            fused[1](*(a.reshape(n, -1) for a in (params[k], g, state["m"][k], state["v"][k])),
-                     step, eps_hat, active, b1, b2)
-        return
     for k, g in grads.items():
-        shape = (-1,) + (1,) * (g.ndim - 1)
-        a, s, c = active.reshape(shape), step.reshape(shape), c2.reshape(shape)
-        m, v, p = state["m"][k], state["v"][k], params[k]
-        m[...] = xp.where(a, b1 * m + (1 - b1) * g, m)
-        v[...] = xp.where(a, b2 * v + (1 - b2) * g * g, v)
-        p += s * m / (xp.sqrt(v) + eps * c)
+        p, m, v = params[k], state["m"][k], state["v"][k]
+        if fused is None:
+            adam_rows_ref(p, g, m, v, step, eps_hat, active, b1, b2)
+        else:
+            n = g.shape[0]
+            fused.adam_rows(*(a.reshape(n, -1) for a in (p, g, m, v)), step, eps_hat, active, b1, b2)
 
 
 def batched_adam_init(params, n):
