@@ -106,7 +106,7 @@ def training_step(params, adam, cfg, family, frozen=(), sparse_input=False, impl
         fast = fastpath.TrainStep(params, adam, cfg, cfg.batch, cfg.k, frozen, sparse_input)
     elif impl != "ref" and fused_flow.supports(cfg, family, frozen):
         fast = fused_flow.FlowTrainStep(params, adam, cfg, family, cfg.batch, cfg.k, frozen, sparse_input)
-    elif impl != "ref" and fused_fullcov.supports(cfg, family):
+    elif impl != "ref" and fused_fullcov.supports(cfg, family, encoder=True):
         fast = fused_fullcov.FullCovTrainStep(params, adam, cfg, cfg.batch, cfg.k, frozen, sparse_input)
     if fast is not None:
 

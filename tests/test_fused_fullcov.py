@@ -63,6 +63,8 @@ def test_fullcov_train_step_is_bound_and_grads(objective, lam, K):
 
 def test_fullcov_training_steps_follow_the_reference():
     cfg, family, params, x, rng = fullcov_model()
+    tanh = cfg.replace(act="tanh", dec_layers=0)                      # its decoder would do, not its encoder
+    assert fused_fullcov.supports(tanh, family) and not fused_fullcov.supports(tanh, family, encoder=True)
     ref = {k: v.copy() for k, v in params.items()}
     fast_step = train.training_step(params, optim.adam_init(params), cfg, family, (), True)
     ref_step = train.training_step(ref, optim.adam_init(ref), cfg, family, (), True, impl="ref")

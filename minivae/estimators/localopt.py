@@ -126,8 +126,8 @@ def _gradient(params, cfg, family, impl):
 def _fast_gradient(params, cfg, family, x, samples):
     """The same by fastpath.QStarFFG, fused_flow.QStarFlow or fused_fullcov.QStarFullCov where
     they apply (ELU, Bernoulli decoder), else None."""
-    if x.dtype != params["dec.fc0.W"].dtype:
-        return None
+    if not fastpath.decoder_supported(cfg) or x.dtype != params["dec.fc0.W"].dtype:
+        return None                                   # (a conv model has no dec.fc0.W)
     if fused_flow.supports(cfg, family):
         return fused_flow.QStarFlow(params, family, samples)
     if fused_fullcov.supports(cfg, family):

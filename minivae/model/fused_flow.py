@@ -176,7 +176,7 @@ class FlowCore:
         xp.subtract(vT, rv[:, :Z], out=self.d)
         xp.negative(rv[:, Z:], out=t)
         xp.exp(t, out=t)                                   # prec
-        self.prec = xp.multiply(self.d, t, out=t)          # d prec (kept for backward)
+        self.dprec = xp.multiply(self.d, t, out=t)         # d prec (kept for backward)
         logr2 = (self.d * t).sum(1) + rv[:, Z:].sum(1)
         # logq = -(r + 2 Z log2pi)/2 - logdet + (logr2 + Z log2pi)/2
         logq = -0.5 * self.r - self.logdet + 0.5 * logr2 - 0.5 * Z * LOG2PI
@@ -198,9 +198,9 @@ class FlowCore:
         dq = (-lam) * w                                    # d/dlogq (R,)
         # -log r: d/dvT = dq d prec, d/dmr = -that, d/dlr = dq (1 - d^2 prec) / 2
         drv = self.rv.dy.reshape(R, 2 * Z)
-        xp.multiply(self.prec, dq[:, None], out=dv)
+        xp.multiply(self.dprec, dq[:, None], out=dv)
         xp.negative(dv, out=drv[:, :Z])
-        xp.multiply(self.prec, self.d, out=drv[:, Z:])
+        xp.multiply(self.dprec, self.d, out=drv[:, Z:])
         xp.subtract(1, drv[:, Z:], out=drv[:, Z:])
         drv[:, Z:] *= (0.5 * dq)[:, None]
         self.rv.backward(spec("q.rv"), zT, dz)

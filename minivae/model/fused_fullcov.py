@@ -15,9 +15,11 @@ from ..backend import get_xp, kernels
 from .densities import LOG2PI, reduce_weights
 
 
-def supports(cfg, family):
-    """Whether the fused full-covariance paths apply (an ELU/Bernoulli MLP decoder)."""
-    return family.name == "fullcov" and fastpath.decoder_supported(cfg)
+def supports(cfg, family, encoder=False):
+    """Whether the fused full-covariance paths apply: an ELU/Bernoulli MLP decoder (q*), and
+    for training (encoder=True) an ELU encoder too."""
+    return (family.name == "fullcov" and fastpath.decoder_supported(cfg)
+            and (cfg.act == "elu" or not encoder))
 
 
 class FullCovCore:
