@@ -81,14 +81,19 @@ print('cupy devices', cupy.cuda.runtime.getDeviceCount(), 'numba.cuda available'
 step pytest-gpu 120 "$OUT/pytest-gpu.txt" "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider \
   --junitxml="$OUT/pytest-gpu.xml" tests
 step pytest-cuda-kernels 90 "$OUT/pytest-cuda-kernels.txt" "$PY" -m pytest -m cuda -q -rs \
-  -p no:cacheprovider --junitxml="$OUT/pytest-cuda-kernels.xml" tests/test_kernels_cuda.py
+  -p no:cacheprovider --junitxml="$OUT/pytest-cuda-kernels.xml" tests
 
 # --- benchmarks: small sizes, one JSON line per measurement ----------------------------------
 step bench-kernels 40 "$OUT/bench-kernels.jsonl" "$PY" benchmarks/kernels.py --device gpu --repeats 3 --calls 10
 step bench-ais 40 "$OUT/bench-ais.jsonl" "$PY" benchmarks/ais.py --device gpu --n 10,100 --repeats 3 \
   --only leapfrog,forward
-step bench-localopt 40 "$OUT/bench-localopt.jsonl" "$PY" benchmarks/localopt.py --device gpu --repeats 3 --steps 10
+step bench-localopt 60 "$OUT/bench-localopt.jsonl" "$PY" benchmarks/localopt.py --device gpu --repeats 3 --steps 10 \
+  --families ffg,flow,fullcov
 step bench-train-epoch 40 "$OUT/bench-train-epoch.jsonl" "$PY" benchmarks/train_epoch.py --device gpu --batches 50
+step bench-train-epoch-flow 40 "$OUT/bench-train-epoch-flow.jsonl" "$PY" benchmarks/train_epoch.py --device gpu \
+  --q flow --batches 50
+step bench-train-epoch-fullcov 40 "$OUT/bench-train-epoch-fullcov.jsonl" "$PY" benchmarks/train_epoch.py \
+  --device gpu --q fullcov --batches 50
 step bench-conv-step 30 "$OUT/bench-conv-step.jsonl" "$PY" benchmarks/conv_step.py --device gpu --repeats 3
 
 # --- summary ------------------------------------------------------------------------------------
