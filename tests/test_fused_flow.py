@@ -3,13 +3,14 @@ the FD tests check: float64, tight tolerances, same noise."""
 import numpy as np
 import pytest
 
-from kernels import coupling, tril
+from kernels import coupling, flow_head, tril
 from minivae import train
 from minivae.estimators import localopt
 from minivae.model import fastpath, fused_flow, objectives, optim
 from minivae.model.flow import positive_scale
 from minivae.model.posteriors import get_family
 from minivae.testing.kernels import DTYPES, SIM, nvvm_usable, ref_and_cuda
+from minivae.testing.kernels import both as kboth
 from minivae.testing.kernels import close as kclose
 from minivae.testing.kernels import rng as krng
 
@@ -59,6 +60,22 @@ def test_coupling_kernel_is_the_reference_and_the_flow_maths(dtype):
     np.testing.assert_allclose(da, back(dy * x, dl[:, None]), rtol=10 * tol, atol=10 * tol)
     np.testing.assert_allclose(dx, dy * s0, rtol=tol, atol=tol)
     np.testing.assert_array_equal(dm, dy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_flow_head_kernels_are_their_reference(dtype):
+    r = np.random.default_rng(3)
+    zT, vT, g, d0 = (r.standard_normal((7, 5)).astype(dtype) for _ in range(4))
+    rv = (2 * r.standard_normal((7, 10))).astype(dtype)
+    rr, logdet, w = (r.standard_normal(7).astype(dtype) for _ in range(3))
+    e, c = np.empty_like(zT), np.empty(7, dtype)
+    ref, cpu = (kboth(flow_head.flow_head_forward, zT, vT, rv, rr, logdet, 0.7, e, e, c))
+    for got, want in zip(cpu[6:], ref[6:]):
+        kclose(got, want, dtype, scaled=True)
+    d, dprec = ref[6], ref[7]
+    ref, cpu = kboth(flow_head.flow_head_backward, g, zT, w, 0.7, d, dprec, e, e, np.empty_like(rv))
+    for got, want in zip(cpu[6:], ref[6:]):
+        kclose(got, want, dtype, scaled=True)
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -151,7 +168,9 @@ def test_coupling_and_tril_cuda_twins_compile_to_ptx(dtype):
     cases = [(coupling._coupling_forward_cuda, (a, a, a, a, a, v)),
              (coupling._coupling_backward_cuda, (a, a, a, v, a, a, a)),
              (tril._tril_unpack_cuda, (h, L)), (tril._tril_pack_cuda, (L, L, v, h)),
-             (tril._tril_pack_outer_cuda, (e3, e3, L, v, h))]
+             (tril._tril_pack_outer_cuda, (e3, e3, L, v, h)),
+             (flow_head._flow_head_forward_cuda, (a, a, np.zeros((3, 8), dtype), v, v, 0.5, a, a, v)),
+             (flow_head._flow_head_backward_cuda, (a, a, v, 0.5, a, a, a, a, np.zeros((3, 8), dtype)))]
     for kernel, args in cases:
         ptx, _ = cuda.compile_ptx(kernel.py_func, tuple(numba.typeof(x) for x in args), cc=(8, 0))
         assert ".entry" in ptx
@@ -171,6 +190,22 @@ def test_cuda_coupling_forward_and_backward(dtype):
     ref, dev = ref_and_cuda(coupling.coupling_backward, dy, x, ref[4], dl, e, e, e)
     for got, want in zip(dev[4:], ref[4:]):
         kclose(got, want, dtype)
+
+
+@cuda_twin
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_flow_head(dtype):
+    r = krng(3)
+    zT, vT, g = (r.standard_normal((7, 5)).astype(dtype) for _ in range(3))
+    rv = (2 * r.standard_normal((7, 10))).astype(dtype)
+    rr, logdet, w = (r.standard_normal(7).astype(dtype) for _ in range(3))
+    e = np.empty_like(zT)
+    ref, dev = ref_and_cuda(flow_head.flow_head_forward, zT, vT, rv, rr, logdet, 0.7, e, e, np.empty(7, dtype))
+    for got, want in zip(dev[6:], ref[6:]):
+        kclose(got, want, dtype, scaled=True)
+    ref, dev = ref_and_cuda(flow_head.flow_head_backward, g, zT, w, 0.7, ref[6], ref[7], e, e, np.empty_like(rv))
+    for got, want in zip(dev[6:], ref[6:]):
+        kclose(got, want, dtype, scaled=True)
 
 
 @cuda_twin

@@ -172,37 +172,19 @@ class FlowCore:
             k.coupling_forward(self.z[i], a, m, self.z[i + 1], self.s[2 * i + 1], self.logdet)
         zT, vT = self.z[-1], self.v[-1]
         rv = self.rv.forward(spec("q.rv"), zT).reshape(R, 2 * Z)
-        # -2 log r(vT|zT) - Z log 2pi = sum (d^2 prec + lr);  d = vT - mr, prec = exp(-lr)
-        xp.subtract(vT, rv[:, :Z], out=self.d)
-        xp.negative(rv[:, Z:], out=t)
-        xp.exp(t, out=t)                                   # prec
-        self.dprec = xp.multiply(self.d, t, out=t)         # d prec (kept for backward)
-        logr2 = (self.d * t).sum(1) + rv[:, Z:].sum(1)
-        # logq = -(r + 2 Z log2pi)/2 - logdet + (logr2 + Z log2pi)/2
-        logq = -0.5 * self.r - self.logdet + 0.5 * logr2 - 0.5 * Z * LOG2PI
-        xp.multiply(zT, zT, out=self.dz)
-        c = self.c
-        xp.sum(self.dz, axis=1, out=c)
-        c *= -0.5
-        c -= 0.5 * Z * LOG2PI
-        c -= lam * logq
-        return zT, c
+        # r(vT|zT) and the prior: c = log N(zT; 0, I) - lam logq (kernels.flow_head)
+        self.dprec = t
+        k.flow_head_forward(zT, vT, rv, self.r, self.logdet, lam, self.d, self.dprec, self.c)
+        return zT, self.c
 
     def backward(self, spec, g, w, lam):
         xp, k, Z, B, K = get_xp(g), kernels(), self.Z, self.B, self.K
         R = B * K
         zT = self.z[-1]
         dz, dv = self.dz, self.dv
-        xp.multiply(zT, w[:, None], out=dz)
-        xp.subtract(g, dz, out=dz)                         # + the prior's gradient
         dq = (-lam) * w                                    # d/dlogq (R,)
-        # -log r: d/dvT = dq d prec, d/dmr = -that, d/dlr = dq (1 - d^2 prec) / 2
-        drv = self.rv.dy.reshape(R, 2 * Z)
-        xp.multiply(self.dprec, dq[:, None], out=dv)
-        xp.negative(dv, out=drv[:, :Z])
-        xp.multiply(self.dprec, self.d, out=drv[:, Z:])
-        xp.subtract(1, drv[:, Z:], out=drv[:, Z:])
-        drv[:, Z:] *= (0.5 * dq)[:, None]
+        # dz = g - w zT (the prior's gradient added); dvT and d/d[mr, lr] of -log r
+        k.flow_head_backward(g, zT, w, lam, self.d, self.dprec, dz, dv, self.rv.dy.reshape(R, 2 * Z))
         self.rv.backward(spec("q.rv"), zT, dz)
         dl = -dq                                           # d/dlogdet
         for i in range(self.steps - 1, -1, -1):
