@@ -8,7 +8,8 @@ The maths is flow.py's (the FD-checked reference). Here every net runs on preall
 buffers; the s and m nets of a coupling half share their input, so in training they are one
 stack of two nets (W (2, in, out), views of the flat parameter buffer: one batched product per
 layer); the coupling (s = 2 sigmoid(a), the affine update, log|det|) and its backward are one
-kernel pass each (kernels.coupling). tests/test_fused_flow.py checks both against flow.py.
+kernel pass each (kernels.coupling), and so are r(vT|zT) with the prior (kernels.flow_head).
+tests/test_fused_flow.py checks both against flow.py.
 """
 import math
 
