@@ -11,11 +11,10 @@ layer); the coupling (s = 2 sigmoid(a), the affine update, log|det|) and its bac
 kernel pass each (kernels.coupling), and so are r(vT|zT) with the prior (kernels.flow_head).
 tests/test_fused_flow.py checks both against flow.py.
 """
-import math
 
 from . import fastpath
 from ..backend import get_xp, kernels
-from .densities import LOG2PI, reduce_weights
+from .densities import reduce_weights
 
 
 def supports(cfg, family, frozen=()):
