@@ -205,11 +205,14 @@ class TrainStep:
         self.g = xp.zeros_like(self.p)
         self.grads = dict(zip(self.keys, self._views(self.g)))
         self.train_encoder = any(key.startswith("enc.") for key in self.keys)
-        Z = cfg.latent
-        self.z, self.dz = xp.empty((batch * k, Z), dt), xp.empty((batch * k, Z), dt)
-        self.ll, self.c = xp.empty(batch * k, dt), xp.empty((batch, k), dt)
-        self.std, self.dh = xp.empty((batch, Z), dt), xp.empty((batch, 2 * Z), dt)
+        self.dz, self.ll = xp.empty((batch * k, cfg.latent), dt), xp.empty(batch * k, dt)
         self.batch, self.k = batch, k
+        self.core = self._core(cfg, batch, k, dt, xp)
+
+    def _core(self, cfg, batch, k, dtype, xp):
+        """The posterior family's core: forward(h, eps, lam) -> (z (R, Z), c), backward(g, w,
+        lam) -> dh (a subclass gives its family's)."""
+        return FFGCore(cfg.latent, batch, k, dtype, xp)
 
     def _order(self, keys):
         """The trainable keys in their flat-buffer order (a subclass may stack nets)."""
@@ -225,23 +228,22 @@ class TrainStep:
 
     def __call__(self, x, eps, lam=1.0, objective="elbo"):
         """The bound (B,) of every row of x (B, D) with noise eps (B, K, Z); the gradient of
-        its batch mean goes to self.grads."""
-        B, K, Z = eps.shape
-        if B > self.batch or K != self.k:
-            raise ValueError(f"TrainStep made for {self.batch} x {self.k} samples, got {B} x {K}")
-        params, kern, R = self.params, kernels(), B * K
-        h = self.enc.forward(params, x, sparse=self.sparse)                   # (B, 2Z)
-        std, z, c = _std(h, self.std[:B]), self.z[:R], self.c[:B]
-        kern.ffg_forward(h, std, eps, lam, z, c)                              # (R, Z), (B, K)
+        its batch mean goes to self.grads. B may be under the batch size where the core allows."""
+        B, K, _ = eps.shape
+        if B > self.batch or K != self.k or (B < self.batch and not self.core.partial):
+            raise ValueError(f"{type(self).__name__} made for {self.batch} x {self.k} samples, got {B} x {K}")
+        params, R = self.params, B * K
+        h = self.enc.forward(params, x, sparse=self.sparse)                   # (B, P)
+        z, c = self.core.forward(h, eps, lam)                                 # (R, Z), (R,) or (B, K)
         out = self.dec.forward(params, z, bias_last=False)                   # (R, D), no bias
         ll = self.ll[:R]
-        kern.bernoulli_grad(out, params[self.dec.keys[-1][1]], x, K, out, ll, True)
-        value, dlogw = reduce_weights(ll.reshape(B, K) + c, objective)
+        kernels().bernoulli_grad(out, params[self.dec.keys[-1][1]], x, K, out, ll, True)
+        value, dlogw = reduce_weights(ll.reshape(B, K) + c.reshape(B, K), objective)
         dlogw /= B                                                            # of the batch mean
-        out *= dlogw.reshape(R, 1)                                            # d/d logits
+        w = dlogw.reshape(R)
+        out *= w[:, None]                                                     # d/d logits
         self.dec.backward(params, z, out, self.grads, self.dz[:R])
-        dh = self.dh[:B]
-        kern.ffg_backward(h, std, eps, self.dz[:R], dlogw, lam, True, dh)
+        dh = self.core.backward(self.dz[:R], w, lam)
         if self.train_encoder:
             self.enc.backward(params, x, dh, self.grads)
         return value
@@ -250,6 +252,33 @@ class TrainStep:
         """optim.adam_step with self.grads, as one kernel call over the flat buffers."""
         step, eps_hat = adam_scalars(self.adam, lr, b1, b2, eps)
         kernels().adam_dense(self.p, self.g, self.m, self.v, step, eps_hat, b1, b2)
+
+
+class FFGCore:
+    """The FFG's reparameterisation with the prior and entropy weight of objectives.log_weights,
+    by kernels.ffg_forward/ffg_backward, for up to B rows of h (B, 2Z), K samples each:
+    forward(h, eps, lam) -> z (R, Z), c = log N(z; 0, I) - lam logq (B, K); backward(g, w, lam)
+    with g = w d log p(x|z)/dz (R, Z), w = d/dlog w (R,) -> dh (B, 2Z)."""
+
+    partial = True                      # fewer than B rows are fine (buffers are sliced)
+
+    def __init__(self, Z, B, K, dtype, xp):
+        self.K = K
+        self.z, self.c = xp.empty((B * K, Z), dtype), xp.empty((B, K), dtype)
+        self.std, self.dh = xp.empty((B, Z), dtype), xp.empty((B, 2 * Z), dtype)
+
+    def forward(self, h, eps, lam):
+        B = h.shape[0]
+        self.h, self.eps, std = h, eps, _std(h, self.std[:B])
+        z, c = self.z[:B * self.K], self.c[:B]
+        kernels().ffg_forward(h, std, eps, lam, z, c)
+        return z, c
+
+    def backward(self, g, w, lam):
+        B = self.h.shape[0]
+        dh = self.dh[:B]
+        kernels().ffg_backward(self.h, self.std[:B], self.eps, g, w.reshape(B, self.K), lam, True, dh)
+        return dh
 
 
 class QStarFFG:
@@ -273,6 +302,19 @@ class QStarFFG:
         _, ll = self.dec(params, x, z, S)
         kern.ffg_backward(h, std, eps, self.dec.grad_ll[:R], w, 1.0, False, self.dh[:N])
         return self.dh[:N], ll.reshape(N, S) + c
+
+
+def qstar_gradient(core, dec, params, x, h, eps, w):
+    """One q* gradient through a family core (FlowCore, FullCovCore) and Decoder `dec`, decoder
+    fixed: (d ELBO_n / d h (N, P), log w (N, S)) with w = 1/S (N*S,); the core's nets' gradients
+    go where its spec says."""
+    N, S, _ = eps.shape
+    z, c = core.forward(h, eps, 1.0)
+    _, ll = dec(params, x, z, S)
+    gll = dec.grad_ll[:N * S]
+    gll *= w[:, None]
+    logw = (ll + c).reshape(N, S)
+    return core.backward(gll, w, 1.0), logw
 
 
 def _std(h, out):

@@ -14,7 +14,6 @@ tests/test_fused_flow.py checks both against flow.py.
 
 from . import fastpath
 from ..backend import get_xp, kernels
-from .densities import reduce_weights
 
 
 def supports(cfg, family, frozen=()):
@@ -121,10 +120,14 @@ class FlowCore:
     B rows of h (B, 2Z) and K samples each (R = B*K rows, datapoint-major): forward gives zT
     (R, Z) and c = log N(zT; 0, I) - lam logq (R,); backward(g, w, lam) takes g = sum_k w_k
     d log p(x|z_k)/dz (R, Z) and w = d/dlog w (R,), returns dh (B, 2Z) and writes the nets'
-    gradients into spec's arrays. shared: one set of nets (training); else nets per row of h."""
+    gradients into spec's arrays. shared: one set of nets (training); else nets per row of h.
+    spec(name) -> (Ws, bs, gWs, gbs): where the nets' weights are read and gradients written."""
 
-    def __init__(self, family, B, K, shared, dtype, xp):
+    partial = False
+
+    def __init__(self, family, B, K, shared, dtype, xp, spec=None):
         Z, H, R = family.Z, family.hidden, B * K
+        self.spec = spec
         self.B, self.K, self.Z, self.steps = B, K, Z, family.steps
         L, rows = (1, R) if shared else (B, K)
         self.qv = _Nets(L, rows, [Z, H, H, 2 * Z], shared, dtype, xp)
@@ -140,8 +143,8 @@ class FlowCore:
         self.std0, self.dh = e(B, Z), e(B, 2 * Z)
         self.logdet, self.c, self.r = e(R), e(R), e(R)
 
-    def forward(self, spec, h, eps, lam):
-        xp, k, Z, B, K = get_xp(h), kernels(), self.Z, self.B, self.K
+    def forward(self, h, eps, lam):
+        xp, k, Z, B, K, spec = get_xp(h), kernels(), self.Z, self.B, self.K, self.spec
         R = B * K
         self.ez.reshape(B, K, Z)[...] = eps[..., :Z]
         self.ev.reshape(B, K, Z)[...] = eps[..., Z:]
@@ -177,8 +180,8 @@ class FlowCore:
         k.flow_head_forward(zT, vT, rv, self.r, self.logdet, lam, self.d, self.dprec, self.c)
         return zT, self.c
 
-    def backward(self, spec, g, w, lam):
-        xp, k, Z, B, K = get_xp(g), kernels(), self.Z, self.B, self.K
+    def backward(self, g, w, lam):
+        xp, k, Z, B, K, spec = get_xp(g), kernels(), self.Z, self.B, self.K, self.spec
         R = B * K
         zT = self.z[-1]
         dz, dv = self.dz, self.dv
@@ -220,13 +223,13 @@ class FlowTrainStep(fastpath.TrainStep):
     def __init__(self, params, adam, cfg, family, batch, k=1, frozen=(), sparse_input=False):
         self.family = family
         super().__init__(params, adam, cfg, batch, k, frozen, sparse_input)
-        W = params["enc.fc0.W"]
-        self.core = FlowCore(family, batch, k, True, W.dtype, get_xp(W))
-        self.specs = {}
-        for name in ["q.qv", "q.rv"]:
-            self.specs[name] = self._spec([name])
-        for half in self.core.halves:
-            self.specs[half.names[0]] = self._spec(list(half.names[0]))
+
+    def _core(self, cfg, batch, k, dtype, xp):
+        halves = [(f"q.s{t}.{a}", f"q.s{t}.{b}") for t in range(self.family.steps)
+                  for a, b in (("s1", "m1"), ("s2", "m2"))]
+        self.specs = {name: self._spec([name]) for name in ["q.qv", "q.rv"]}
+        self.specs.update({names: self._spec(list(names)) for names in halves})
+        return FlowCore(self.family, batch, k, True, dtype, xp, self.specs.__getitem__)
 
     def _order(self, keys):
         """Trainable keys, the flow's nets last, each pair's layers interleaved (see class)."""
@@ -264,26 +267,6 @@ class FlowTrainStep(fastpath.TrainStep):
             at += int(self.params[key].size)
         return off
 
-    def __call__(self, x, eps, lam=1.0, objective="elbo"):
-        B, K, _ = eps.shape
-        if B != self.batch or K != self.k:
-            raise ValueError(f"FlowTrainStep made for {self.batch} x {self.k} samples, got {B} x {K}")
-        params, kern, R = self.params, kernels(), B * K
-        h = self.enc.forward(params, x, sparse=self.sparse)                  # (B, 2Z)
-        z, c = self.core.forward(self.specs.__getitem__, h, eps, lam)        # (R, Z), (R,)
-        out = self.dec.forward(params, z, bias_last=False)                  # (R, D)
-        ll = self.ll[:R]
-        kern.bernoulli_grad(out, params[self.dec.keys[-1][1]], x, K, out, ll, True)
-        value, dlogw = reduce_weights((ll + c).reshape(B, K), objective)
-        dlogw /= B
-        w = dlogw.reshape(R)
-        out *= w[:, None]
-        self.dec.backward(params, z, out, self.grads, self.dz[:R])
-        dh = self.core.backward(self.specs.__getitem__, self.dz[:R], w, lam)
-        if self.train_encoder:
-            self.enc.backward(params, x, dh, self.grads)
-        return value
-
 
 class QStarFlow:
     """localopt's q*_Flow step, decoder fixed: gradient(work, x, eps) -> (d ELBO_n / d work
@@ -298,7 +281,7 @@ class QStarFlow:
         xp, dt = get_xp(W), W.dtype
         self.n = n
         self.dec = fastpath.Decoder(self.params, n * self.S)
-        self.core = FlowCore(self.family, n, self.S, False, dt, xp)
+        self.core = FlowCore(self.family, n, self.S, False, dt, xp, self._spec)
         self.grads = {k: xp.empty_like(v) for k, v in work.items() if k != "h"}
         self.w = xp.full(n * self.S, 1.0 / self.S, dt)
 
@@ -306,16 +289,11 @@ class QStarFlow:
         N, S, _ = eps.shape
         if self.n != N:
             self._setup(work, N)
-        g, R = self.grads, N * S
+        self.work = work
+        dh, logw = fastpath.qstar_gradient(self.core, self.dec, self.params, x, work["h"], eps, self.w)
+        return {"h": dh, **self.grads}, logw
 
-        def spec(p):
-            return ([work[f"{p}.fc{i}.W"] for i in range(3)], [work[f"{p}.fc{i}.b"] for i in range(3)],
-                    [g[f"{p}.fc{i}.W"] for i in range(3)], [g[f"{p}.fc{i}.b"] for i in range(3)])
-
-        z, c = self.core.forward(spec, work["h"], eps, 1.0)
-        _, ll = self.dec(self.params, x, z, S)
-        gll = self.dec.grad_ll[:R]
-        gll *= self.w[:, None]
-        logw = (ll + c).reshape(N, S)
-        dh = self.core.backward(spec, gll, self.w, 1.0)
-        return {"h": dh, **g}, logw
+    def _spec(self, p):
+        w, g = self.work, self.grads
+        return ([w[f"{p}.fc{i}.W"] for i in range(3)], [w[f"{p}.fc{i}.b"] for i in range(3)],
+                [g[f"{p}.fc{i}.W"] for i in range(3)], [g[f"{p}.fc{i}.b"] for i in range(3)])

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import fastpath
 from ..backend import get_xp, kernels
-from .densities import LOG2PI, reduce_weights
+from .densities import LOG2PI
 
 
 def supports(cfg, family, encoder=False):
@@ -27,6 +27,8 @@ class FullCovCore:
     of h (B, P), K samples each: forward -> z (R, Z), c = log N(z; 0, I) - lam logq (R,);
     backward(g, w, lam) with g = w d log p(x|z)/dz (R, Z), w = d/dlog w (R,) -> dh (B, P)."""
 
+    partial = False
+
     def __init__(self, Z, B, K, dtype, xp):
         self.Z, self.B, self.K = Z, B, K
         e = lambda *s: xp.empty(s, dtype)   # noqa: E731
@@ -38,7 +40,7 @@ class FullCovCore:
 
     def forward(self, h, eps, lam):
         xp, Z, B, K = get_xp(h), self.Z, self.B, self.K
-        self.eps = eps
+        self.eps = eps = xp.ascontiguousarray(eps)
         kernels().tril_unpack(h, self.L)
         z3 = self.z.reshape(B, K, Z)
         xp.matmul(eps, self.L.swapaxes(-1, -2), out=z3)
@@ -73,30 +75,8 @@ class FullCovTrainStep(fastpath.TrainStep):
     """fastpath.TrainStep for a full-covariance q: the same numbers as objectives.bound_and_grads
     + optim.adam_step up to rounding."""
 
-    def __init__(self, params, adam, cfg, batch, k=1, frozen=(), sparse_input=False):
-        super().__init__(params, adam, cfg, batch, k, frozen, sparse_input)
-        W = params["enc.fc0.W"]
-        self.core = FullCovCore(cfg.latent, batch, k, W.dtype, get_xp(W))
-
-    def __call__(self, x, eps, lam=1.0, objective="elbo"):
-        B, K, _ = eps.shape
-        if B != self.batch or K != self.k:
-            raise ValueError(f"FullCovTrainStep made for {self.batch} x {self.k} samples, got {B} x {K}")
-        params, kern, R = self.params, kernels(), B * K
-        h = self.enc.forward(params, x, sparse=self.sparse)                  # (B, P)
-        z, c = self.core.forward(h, get_xp(h).ascontiguousarray(eps), lam)  # (R, Z), (R,)
-        out = self.dec.forward(params, z, bias_last=False)                  # (R, D)
-        ll = self.ll[:R]
-        kern.bernoulli_grad(out, params[self.dec.keys[-1][1]], x, K, out, ll, True)
-        value, dlogw = reduce_weights((ll + c).reshape(B, K), objective)
-        dlogw /= B
-        w = dlogw.reshape(R)
-        out *= w[:, None]
-        self.dec.backward(params, z, out, self.grads, self.dz[:R])
-        dh = self.core.backward(self.dz[:R], w, lam)
-        if self.train_encoder:
-            self.enc.backward(params, x, dh, self.grads)
-        return value
+    def _core(self, cfg, batch, k, dtype, xp):
+        return FullCovCore(cfg.latent, batch, k, dtype, xp)
 
 
 class QStarFullCov:
@@ -114,9 +94,5 @@ class QStarFullCov:
             self.dec = fastpath.Decoder(self.params, N * S)
             self.core = FullCovCore(self.Z, N, S, W.dtype, get_xp(W))
             self.w = get_xp(W).full(N * S, 1.0 / S, W.dtype)
-        z, c = self.core.forward(work["h"], eps, 1.0)
-        _, ll = self.dec(self.params, x, z, S)
-        gll = self.dec.grad_ll[:N * S]
-        gll *= self.w[:, None]
-        logw = (ll + c).reshape(N, S)
-        return {"h": self.core.backward(gll, self.w, 1.0)}, logw
+        dh, logw = fastpath.qstar_gradient(self.core, self.dec, self.params, x, work["h"], eps, self.w)
+        return {"h": dh}, logw
