@@ -145,6 +145,25 @@ def test_qstar_flow_gradient_is_log_weights_backward(n):
             close(grads[k], g[k])
 
 
+def test_qstar_flow_on_fewer_rows_reuses_its_buffers_and_writes_into_out():
+    cfg, family, params, x, rng = flow_model(n=6)
+    h, nets = family.init_local(rng, 6, np.float64, np)
+    work = {"h": 0.3 * rng.standard_normal(h.shape), **nets}
+    eps = rng.standard_normal((6, 4, 6))
+    step = fused_flow.QStarFlow(params, family, 4)
+    step(work, x, eps)
+    first = step.core.z[0]
+    keep = [0, 2, 5]                                               # rows stopped: N 6 -> 3
+    sub = {k: v[keep] for k, v in work.items()}
+    out = {k: np.empty_like(v) for k, v in sub.items()}
+    grads, logw = step(sub, x[keep], eps[keep], out=out)
+    assert grads is out and np.shares_memory(step.core.z[0], first)
+    fresh, want = fused_flow.QStarFlow(params, family, 4)(sub, x[keep], eps[keep])
+    np.testing.assert_array_equal(logw, want)
+    for k in sub:
+        np.testing.assert_array_equal(out[k], fresh[k])
+
+
 def test_flow_fit_local_uses_the_fused_gradient_and_follows_the_reference():
     cfg, family, params, x, _ = flow_model()
     assert isinstance(localopt._fast_gradient(params, cfg, family, x, 3), fused_flow.QStarFlow)

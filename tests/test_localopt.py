@@ -224,3 +224,15 @@ def test_fit_local_keeps_the_reference_for_other_models():
     for c in (cfg.replace(act="tanh"), cfg.replace(q="flow", flow_hidden=4)):
         assert not fastpath.supports(c, get_family(c))
     assert fastpath.supports(cfg, get_family(cfg))
+
+
+def test_rows_are_views_of_one_flat_buffer_and_compact_in_place():
+    rng = np.random.default_rng(0)
+    arrays = {"h": rng.standard_normal((5, 4)), "q.W": rng.standard_normal((5, 2, 3))}
+    rows = localopt._Rows(arrays, np)
+    buf = rows.buf
+    assert rows.flat.shape == (5, 10) and all(np.shares_memory(v, buf) for v in rows.views.values())
+    rows.take(np.array([1, 3, 4]))
+    assert rows.buf is buf and rows.flat.shape == (3, 10)
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(rows.views[k], v[[1, 3, 4]])

@@ -2,7 +2,8 @@
 
 All datapoints of a block form ONE batched problem: h (N, P) and the family's per-datapoint
 nets (leading axis N) take Adam steps together, one Adam state per datapoint; the decoder is
-fixed. Stopping rule: every `check_every` steps the mean of the last `check_every` ELBOs is
+fixed. The parameters, gradients and moments are views of flat (N, P) buffers (_Rows), so the
+Adam step is one kernel call. Stopping rule: every `check_every` steps the mean of the last `check_every` ELBOs is
 compared with the best mean so far; a datapoint stops after `patience` checks in a row without
 improvement (or at `max_steps`, rounded down to a multiple of `check_every`). A stopped
 datapoint leaves the working set (its rows are compacted away), so it costs nothing further
@@ -15,7 +16,7 @@ from .. import stages
 from ..backend import get_xp, to_numpy
 from ..errors import MinivaeError
 from ..model.objectives import log_weights
-from ..model.optim import batched_adam_init, batched_adam_step
+from ..model.optim import batched_adam_step
 from ..model.posteriors import get_family
 
 DEFAULTS = dict(init="prior", max_steps=20000, samples=100, lr=1e-3, check_every=100, patience=10,
@@ -23,8 +24,34 @@ DEFAULTS = dict(init="prior", max_steps=20000, samples=100, lr=1e-3, check_every
 NOT_SETTINGS = ("block", "impl")   # how blocks are run: a resumed stage may change them
 
 
-def _take(d, sel):
-    return {k: v[sel] for k, v in d.items()}
+class _Rows:
+    """Per-datapoint arrays (N, ...) as views of one C-contiguous (N, P) buffer `flat`, so that
+    the batched Adam is one kernel call over all of them; take(keep) moves the kept rows to the
+    front, in place, and the views follow (no reallocation as datapoints stop)."""
+
+    def __init__(self, like, xp, copy=True):
+        self.shapes = [(k, v.shape[1:]) for k, v in like.items()]
+        n, dtype = len(like["h"]), like["h"].dtype
+        self.buf = xp.zeros((n, sum(int(np.prod(s)) for _, s in self.shapes)), dtype)
+        self._view(n)
+        if copy:
+            for k, v in like.items():
+                self.views[k][...] = v
+
+    def _view(self, n):
+        self.flat, at, self.views = self.buf[:n], 0, {}
+        for k, shape in self.shapes:
+            size = int(np.prod(shape))
+            self.views[k] = self.flat[:, at:at + size].reshape((n,) + shape)
+            at += size
+
+    def take(self, keep, values=True):
+        """Keep rows `keep` (ascending NumPy indices), moved to the front."""
+        if values:
+            for i, j in enumerate(keep):
+                if i != j:                      # j >= i: rows move forward, none is overwritten early
+                    self.buf[i] = self.buf[j]
+        self._view(len(keep))
 
 
 def fit_local(params, cfg, family, x, rngs, max_steps=20000, samples=100, lr=1e-3,
@@ -52,16 +79,18 @@ def fit_local(params, cfg, family, x, rngs, max_steps=20000, samples=100, lr=1e-
     best, bad = np.full(n, -np.inf), np.zeros(n, np.int64)
 
     rows = np.arange(n)                                   # datapoints still running
-    work = {k: v.copy() for k, v in local.items()}        # their parameters, compacted
-    adam = batched_adam_init(work, n)
+    work = _Rows(local, xp)                               # their parameters, compacted
+    g, m, v = (_Rows(local, xp, copy=False) for _ in range(3))    # gradients, Adam moments
+    t = xp.zeros(n, dtype=xp.int64)                       # Adam step counts
     xa, on = x, xp.ones(n, dtype=bool)
     window = xp.zeros((n, check_every))                   # ELBOs since the last check
     gradient = ((impl != "ref" and _fast_gradient(params, cfg, family, x, samples))
                 or _gradient(params, cfg, family, impl))
     for step in range(1, n_checks * check_every + 1):
         eps = normal_rows([rngs[i] for i in rows], (samples, family.noise_dim), xa)
-        grads, logw = gradient(work, xa, eps)
-        batched_adam_step(work, grads, adam, lr, on, impl=impl)
+        _, logw = gradient(work.views, xa, eps, out=g.views)
+        adam = dict(m={"rows": m.flat}, v={"rows": v.flat}, t=t)
+        batched_adam_step({"rows": work.flat}, {"rows": g.flat}, adam, lr, on, impl=impl)
         window[:, (step - 1) % check_every] = logw.mean(1)
         if step % check_every:
             continue
@@ -76,12 +105,14 @@ def fit_local(params, cfg, family, x, rngs, max_steps=20000, samples=100, lr=1e-
             stop[:] = True
         if stop.any():
             steps[rows[stop]] = step
-            sel, keep = xp.asarray(np.flatnonzero(stop)), xp.asarray(np.flatnonzero(~stop))
+            sel, kept = xp.asarray(np.flatnonzero(stop)), np.flatnonzero(~stop)
             for k in local:
-                local[k][xp.asarray(rows[stop])] = work[k][sel]
-            rows = rows[~stop]
-            work, xa, on, window = _take(work, keep), xa[keep], on[keep], window[keep]
-            adam = dict(m=_take(adam["m"], keep), v=_take(adam["v"], keep), t=adam["t"][keep])
+                local[k][xp.asarray(rows[stop])] = work.views[k][sel]
+            rows, keep = rows[~stop], xp.asarray(kept)
+            for r in (work, m, v):
+                r.take(kept)
+            g.take(kept, values=False)
+            xa, on, window, t = xa[keep], on[keep], window[keep], t[keep]
         if on_check is not None:
             on_check(step, rows, local)
         if not len(rows):
@@ -112,13 +143,13 @@ def _gradient(params, cfg, family, impl):
     any family (impl="ref": the reference; else the decoder part fused where it can be)."""
     dlogw, workspace = [], (None if impl == "ref" else {})
 
-    def gradient(work, x, eps):
+    def gradient(work, x, eps, out=None):
         logw, back = log_weights({**params, **work}, cfg, family, x, work["h"], eps,
                                  decoder_grads=False, workspace=workspace)
         if not dlogw or dlogw[0].shape != logw.shape:
             dlogw[:] = [get_xp(x).full(logw.shape, 1.0 / eps.shape[1], dtype=logw.dtype)]
         dh, grads = back(dlogw[0])
-        return {"h": dh, **{k: grads[k] for k in work if k != "h"}}, logw
+        return _into(out, {"h": dh, **{k: grads[k] for k in work if k != "h"}}), logw
 
     return gradient
 
@@ -136,11 +167,20 @@ def _fast_gradient(params, cfg, family, x, samples):
         return None
     step = fastpath.QStarFFG(params, x.shape[0], samples)
 
-    def gradient(work, x, eps):
+    def gradient(work, x, eps, out=None):
         dh, logw = step(params, x, work["h"], eps)
-        return {"h": dh}, logw
+        return _into(out, {"h": dh}), logw
 
     return gradient
+
+
+def _into(out, grads):
+    """grads, copied into the arrays of `out` if given (the gradient's out= convention)."""
+    if out is None:
+        return grads
+    for k, a in grads.items():
+        out[k][...] = a
+    return out
 
 
 def encoder_init(params, cfg, q, x):

@@ -174,6 +174,31 @@ class Decoder:
         return gz, ll
 
 
+class Scratch:
+    """Buffers handed out in order, and kept: after reset(), the same sequence of requests gets
+    the same memory back (the first elements of each buffer) wherever it fits, so a step
+    rebuilt for fewer rows (q* datapoints stopping) reuses its buffers instead of reallocating.
+    Contents are undefined: for buffers that are written before they are read."""
+
+    def __init__(self, xp):
+        self.xp, self.bufs, self.i = xp, [], 0
+
+    def reset(self):
+        self.i = 0
+        return self
+
+    def empty(self, shape, dtype):
+        n = int(np.prod(shape))
+        if self.i < len(self.bufs) and self.bufs[self.i].size >= n and self.bufs[self.i].dtype == dtype:
+            out = self.bufs[self.i][:n].reshape(shape)
+        else:
+            buf = self.xp.empty(n, dtype)
+            self.bufs[self.i:self.i + 1] = [buf]
+            out = buf.reshape(shape)
+        self.i += 1
+        return out
+
+
 def _adopt(d, keys, xp, dtype):
     """Move arrays d[k] (k in keys) into one flat buffer, d[k] becoming views of it."""
     flat = xp.empty(sum(int(d[k].size) for k in keys), dtype)

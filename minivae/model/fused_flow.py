@@ -28,15 +28,16 @@ class _Nets:
     (L, 1, out). shared: all L nets read one input u (R, in) (a coupling's s and m nets); else
     net l reads rows l*R..(l+1)*R-1 of u (L*R, in) (q*: one net per datapoint)."""
 
-    def __init__(self, L, R, widths, shared, dtype, xp):
+    def __init__(self, L, R, widths, shared, dtype, mem):
         self.L, self.R, self.shared, self.n = L, R, shared, len(widths) - 1
-        self.act = [xp.empty((L, R, w), dtype) for w in widths[1:]]
-        self.der = [xp.empty((L * R, w), dtype) for w in widths[1:-1]]
-        self.dy = xp.empty((L, R, widths[-1]), dtype)     # d/d(output), filled by the caller
-        self.dx = xp.empty((L, R, widths[0]), dtype)
+        xp, e = mem.xp, lambda *s: mem.empty(s, dtype)   # noqa: E731
+        self.act = [e(L, R, w) for w in widths[1:]]
+        self.der = [e(L * R, w) for w in widths[1:-1]]
+        self.dy = e(L, R, widths[-1])                     # d/d(output), filled by the caller
+        self.dx = e(L, R, widths[0])
         self.zero = [xp.zeros(w, dtype) for w in widths[1:-1]]
         self.ones = xp.ones((1, R), dtype)                # bias gradients as products (faster than sum)
-        self.WT = [xp.empty((L, o, i), dtype) for i, o in zip(widths[:-1], widths[1:])]
+        self.WT = [e(L, o, i) for i, o in zip(widths[:-1], widths[1:])]
 
     def _x(self, u):
         return u if self.shared else u.reshape(self.L, self.R, u.shape[-1])
@@ -93,9 +94,9 @@ class _Half:
     _Nets of N per-datapoint nets each. names: the two prefixes; spec(names or name) gives
     (Ws, bs, gWs, gbs)."""
 
-    def __init__(self, names, L, R, widths, shared, dtype, xp):
+    def __init__(self, names, L, R, widths, shared, dtype, mem):
         self.names = [tuple(names)] if shared else list(names)
-        self.nets = [_Nets(2 if shared else L, R, widths, shared, dtype, xp) for _ in self.names]
+        self.nets = [_Nets(2 if shared else L, R, widths, shared, dtype, mem) for _ in self.names]
 
     def forward(self, spec, u):
         """(a, m), each (rows, Z)."""
@@ -121,20 +122,21 @@ class FlowCore:
     (R, Z) and c = log N(zT; 0, I) - lam logq (R,); backward(g, w, lam) takes g = sum_k w_k
     d log p(x|z_k)/dz (R, Z) and w = d/dlog w (R,), returns dh (B, 2Z) and writes the nets'
     gradients into spec's arrays. shared: one set of nets (training); else nets per row of h.
-    spec(name) -> (Ws, bs, gWs, gbs): where the nets' weights are read and gradients written."""
+    spec(name) -> (Ws, bs, gWs, gbs): where the nets' weights are read and gradients written.
+    scratch: a fastpath.Scratch to take the buffers from (reused after its reset())."""
 
     partial = False
 
-    def __init__(self, family, B, K, shared, dtype, xp, spec=None):
+    def __init__(self, family, B, K, shared, dtype, xp, spec=None, scratch=None):
         Z, H, R = family.Z, family.hidden, B * K
-        self.spec = spec
+        self.spec, mem = spec, scratch or fastpath.Scratch(xp)
         self.B, self.K, self.Z, self.steps = B, K, Z, family.steps
         L, rows = (1, R) if shared else (B, K)
-        self.qv = _Nets(L, rows, [Z, H, H, 2 * Z], shared, dtype, xp)
-        self.rv = _Nets(L, rows, [Z, H, H, 2 * Z], shared, dtype, xp)
-        self.halves = [_Half([f"q.s{t}.{a}", f"q.s{t}.{b}"], L, rows, [Z, H, H, Z], shared, dtype, xp)
+        self.qv = _Nets(L, rows, [Z, H, H, 2 * Z], shared, dtype, mem)
+        self.rv = _Nets(L, rows, [Z, H, H, 2 * Z], shared, dtype, mem)
+        self.halves = [_Half([f"q.s{t}.{a}", f"q.s{t}.{b}"], L, rows, [Z, H, H, Z], shared, dtype, mem)
                        for t in range(self.steps) for a, b in (("s1", "m1"), ("s2", "m2"))]
-        e = lambda *s: xp.empty(s, dtype)   # noqa: E731
+        e = lambda *s: mem.empty(s, dtype)   # noqa: E731
         self.ez, self.ev, self.stdv, self.dv = e(R, Z), e(R, Z), e(R, Z), e(R, Z)
         self.z = [e(R, Z) for _ in range(self.steps + 1)]
         self.v = [e(R, Z) for _ in range(self.steps + 1)]
@@ -269,29 +271,39 @@ class FlowTrainStep(fastpath.TrainStep):
 
 
 class QStarFlow:
-    """localopt's q*_Flow step, decoder fixed: gradient(work, x, eps) -> (d ELBO_n / d work
-    (dict: "h" (N, 2Z) and every net (N, ...)), log w (N, S)), ELBO_n = mean_s log w, for
-    per-datapoint nets in work (W (N, in, out), b (N, 1, out)). Buffers follow N as rows stop."""
+    """localopt's q*_Flow step, decoder fixed: gradient(work, x, eps, out=None) -> (d ELBO_n /
+    d work (dict: "h" (N, 2Z) and every net (N, ...)), log w (N, S)), ELBO_n = mean_s log w,
+    for per-datapoint nets in work (W (N, in, out), b (N, 1, out)). out: a dict like work to
+    write the gradient into (else buffers of the step's own). As rows stop (N falls), the
+    buffers are rebuilt as views of the first rows of those made for the first N."""
 
     def __init__(self, params, family, samples):
+        W = params["dec.fc0.W"]
         self.params, self.family, self.S, self.n = params, family, samples, None
+        self.xp, self.dtype = get_xp(W), W.dtype
+        self.scratch, self.dec = fastpath.Scratch(self.xp), None
 
     def _setup(self, work, n):
-        W = self.params["dec.fc0.W"]
-        xp, dt = get_xp(W), W.dtype
+        xp, dt, S = self.xp, self.dtype, self.S
         self.n = n
-        self.dec = fastpath.Decoder(self.params, n * self.S)
-        self.core = FlowCore(self.family, n, self.S, False, dt, xp, self._spec)
-        self.grads = {k: xp.empty_like(v) for k, v in work.items() if k != "h"}
-        self.w = xp.full(n * self.S, 1.0 / self.S, dt)
+        if self.dec is None or self.dec.rows < n * S:
+            self.dec = fastpath.Decoder(self.params, n * S)
+            self.w_all = xp.full(n * S, 1.0 / S, dt)
+        self.w = self.w_all[:n * S]
+        mem = self.scratch.reset()
+        self.core = FlowCore(self.family, n, S, False, dt, xp, self._spec, mem)
+        self.own = {k: mem.empty(v.shape, dt) for k, v in work.items() if k != "h"}
 
-    def __call__(self, work, x, eps):
+    def __call__(self, work, x, eps, out=None):
         N, S, _ = eps.shape
         if self.n != N:
             self._setup(work, N)
-        self.work = work
+        self.work, self.grads = work, (self.own if out is None else out)
         dh, logw = fastpath.qstar_gradient(self.core, self.dec, self.params, x, work["h"], eps, self.w)
-        return {"h": dh, **self.grads}, logw
+        if out is None:
+            return {"h": dh, **self.own}, logw
+        out["h"][...] = dh
+        return out, logw
 
     def _spec(self, p):
         w, g = self.work, self.grads

@@ -29,9 +29,10 @@ class FullCovCore:
 
     partial = False
 
-    def __init__(self, Z, B, K, dtype, xp):
+    def __init__(self, Z, B, K, dtype, xp, scratch=None):
         self.Z, self.B, self.K = Z, B, K
-        e = lambda *s: xp.empty(s, dtype)   # noqa: E731
+        mem = scratch or fastpath.Scratch(xp)
+        e = lambda *s: mem.empty(s, dtype)   # noqa: E731
         self.L, self.dL = e(B, Z, Z), e(B, Z, Z)
         self.z, self.dz, self.c = e(B * K, Z), e(B * K, Z), e(B * K)
         self.dh = e(B, Z + Z * (Z + 1) // 2)
@@ -80,19 +81,27 @@ class FullCovTrainStep(fastpath.TrainStep):
 
 
 class QStarFullCov:
-    """localopt's q*_fullcov step, decoder fixed: gradient(work, x, eps) -> ({"h": d ELBO_n /
-    d h (N, P)}, log w (N, S)), ELBO_n = mean_s log w. Buffers follow N as rows stop."""
+    """localopt's q*_fullcov step, decoder fixed: gradient(work, x, eps, out=None) -> ({"h":
+    d ELBO_n / d h (N, P)}, log w (N, S)), ELBO_n = mean_s log w; out as QStarFlow's. Buffers
+    follow N as rows stop (views of the first rows of those made for the first N)."""
 
     def __init__(self, params, Z, samples):
+        W = params["dec.fc0.W"]
         self.params, self.Z, self.S, self.n = params, Z, samples, None
+        self.xp, self.dtype = get_xp(W), W.dtype
+        self.scratch, self.dec = fastpath.Scratch(self.xp), None
 
-    def __call__(self, work, x, eps):
+    def __call__(self, work, x, eps, out=None):
         N, S, _ = eps.shape
-        W = self.params["dec.fc0.W"]
         if self.n != N:
             self.n = N
-            self.dec = fastpath.Decoder(self.params, N * S)
-            self.core = FullCovCore(self.Z, N, S, W.dtype, get_xp(W))
-            self.w = get_xp(W).full(N * S, 1.0 / S, W.dtype)
+            if self.dec is None or self.dec.rows < N * S:
+                self.dec = fastpath.Decoder(self.params, N * S)
+                self.w_all = self.xp.full(N * S, 1.0 / S, self.dtype)
+            self.w = self.w_all[:N * S]
+            self.core = FullCovCore(self.Z, N, S, self.dtype, self.xp, self.scratch.reset())
         dh, logw = fastpath.qstar_gradient(self.core, self.dec, self.params, x, work["h"], eps, self.w)
-        return {"h": dh}, logw
+        if out is None:
+            return {"h": dh}, logw
+        out["h"][...] = dh
+        return out, logw
