@@ -213,22 +213,28 @@ def qstar_ffg(weights, args):
     def objective(h, eps):
         return elbo_ffg(ws, x, h, eps).sum()     # per-datapoint objectives are independent
 
-    @partial(jax.jit, donate_argnums=(0, 1))
-    def step(h, opt, key):
-        key, sub = jax.random.split(key)
-        g = jax.grad(objective)(h, jax.random.normal(sub, eps_np.shape))
-        h, opt = adam_ascent(h, g, opt, 1e-3)
-        return h, opt, key
-
     check = dict(check_bound=float(jax.jit(objective)(h, jnp.asarray(eps_np))) / args.q_data)
-    state = [h, adam_init(h), jax.random.PRNGKey(0)]
+    common.emit_qstar(SIDE, time_ascent(objective, h, eps_np.shape, args), args, check, **meta())
+
+
+def time_ascent(objective, params, shape, args):
+    """Timing of args.q_steps jitted Adam ascent steps on objective(params, eps), fresh N(0, I)
+    noise of `shape` each step."""
+    @partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt, key):
+        key, sub = jax.random.split(key)
+        g = jax.grad(objective)(params, jax.random.normal(sub, shape))
+        params, opt = adam_ascent(params, g, opt, 1e-3)
+        return params, opt, key
+
+    state = [params, adam_init(params), jax.random.PRNGKey(0)]
 
     def run():
         for _ in range(args.q_steps):
             state[:] = step(*state)
         block(state[0])
 
-    common.emit_qstar(SIDE, common.time_repeats(run, args.repeats, warmup=1), args, check, **meta())
+    return common.time_repeats(run, args.repeats, warmup=1)
 
 
 def qstar_flow(weights, args):
@@ -242,24 +248,10 @@ def qstar_flow(weights, args):
     def objective(local, eps):
         return elbo_flow({**dec, **local}, x, local["h"], eps).sum()   # independent per datapoint
 
-    @partial(jax.jit, donate_argnums=(0, 1))
-    def step(local, opt, key):
-        key, sub = jax.random.split(key)
-        g = jax.grad(objective)(local, jax.random.normal(sub, eps_np.shape))
-        local, opt = adam_ascent(local, g, opt, 1e-3)
-        return local, opt, key
-
     value, g = jax.jit(jax.value_and_grad(objective))(local, jnp.asarray(eps_np))
     check = dict(check_bound=float(value) / args.q_data, check_grad_norm=math.sqrt(sum(
         float((np.asarray(a, np.float64) ** 2).sum()) for a in jax.tree_util.tree_leaves(g))))
-    state = [local, adam_init(local), jax.random.PRNGKey(0)]
-
-    def run():
-        for _ in range(args.q_steps):
-            state[:] = step(*state)
-        block(state[0])
-
-    common.emit_qstar(SIDE, common.time_repeats(run, args.repeats, warmup=1), args, check,
+    common.emit_qstar(SIDE, time_ascent(objective, local, eps_np.shape, args), args, check,
                       workload="qstar_flow", **meta())
 
 

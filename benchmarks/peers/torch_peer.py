@@ -173,20 +173,23 @@ def qstar_ffg(weights, args):
     opt = torch.optim.Adam([h], lr=1e-3)
     with torch.no_grad():
         check = dict(check_bound=elbo_ffg(ws, x, h, eps_check).mean().item())
-    gen = torch.Generator().manual_seed(0)
+    timing = time_ascent(lambda eps: elbo_ffg(ws, x, h, eps).sum(), opt, eps_check.shape, args)
+    common.emit_qstar(SIDE, timing, args, check, **meta())
 
-    def step():
-        eps = torch.randn(eps_check.shape, generator=gen)
-        loss = -elbo_ffg(ws, x, h, eps).sum()     # per-datapoint objectives are independent
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+
+def time_ascent(objective, opt, shape, args):
+    """Timing of args.q_steps Adam ascent steps (opt) on objective(eps), fresh N(0, I) noise of
+    `shape` each step (the per-datapoint objectives are independent: their sum)."""
+    gen = torch.Generator().manual_seed(0)
 
     def run():
         for _ in range(args.q_steps):
-            step()
+            loss = -objective(torch.randn(shape, generator=gen))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
-    common.emit_qstar(SIDE, common.time_repeats(run, args.repeats, warmup=1), args, check, **meta())
+    return common.time_repeats(run, args.repeats, warmup=1)
 
 
 def qstar_flow(weights, args):
@@ -201,21 +204,9 @@ def qstar_flow(weights, args):
     grads = torch.autograd.grad(value, list(local.values()))
     check = dict(check_bound=value.item() / args.q_data,
                  check_grad_norm=math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads)))
-    gen = torch.Generator().manual_seed(0)
-
-    def step():
-        eps = torch.randn(eps_check.shape, generator=gen)
-        loss = -elbo_flow({**ws, **local}, x, local["h"], eps).sum()   # independent per datapoint
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def run():
-        for _ in range(args.q_steps):
-            step()
-
-    common.emit_qstar(SIDE, common.time_repeats(run, args.repeats, warmup=1), args, check,
-                      workload="qstar_flow", **meta())
+    timing = time_ascent(lambda eps: elbo_flow({**ws, **local}, x, local["h"], eps).sum(), opt,
+                         eps_check.shape, args)
+    common.emit_qstar(SIDE, timing, args, check, workload="qstar_flow", **meta())
 
 
 def matmul_peak(weights, args):
