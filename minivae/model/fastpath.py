@@ -3,8 +3,11 @@ posterior, ELU hidden layers and a Bernoulli decoder.
 
   Decoder       model.log_lik(..., need_grads=False) and its gradient wrt z, on buffers: the one
                 fused decoder (q*, AIS, BDMC), an ELU/Bernoulli MLP
-  TrainStep     objectives.bound_and_grads + optim.adam_step (one training step)
+  TrainStep     objectives.bound_and_grads + optim.adam_step (one training step), over a
+                family core (FFGCore here; fused_flow.FlowCore, fused_fullcov.FullCovCore)
   QStarFFG      localopt's q*_FFG gradient with the decoder fixed: d ELBO / d h and log w
+  qstar_gradient  the same through a family core (flow, full covariance)
+  Scratch       buffers reused when a q* step is rebuilt for fewer rows
   log_lik_dz    model.log_lik(..., need_grads=False) by Decoder, as (ll, backward) (any q*)
   elu           nn.elu by the fused kernels (the flow's nets)
 
