@@ -290,14 +290,15 @@ class QStarFlow:
             self.dec = fastpath.Decoder(self.params, n * S)
             self.w_all = xp.full(n * S, 1.0 / S, dt)
         self.w = self.w_all[:n * S]
-        mem = self.scratch.reset()
-        self.core = FlowCore(self.family, n, S, False, dt, xp, self._spec, mem)
-        self.own = {k: mem.empty(v.shape, dt) for k, v in work.items() if k != "h"}
+        self.core = FlowCore(self.family, n, S, False, dt, xp, self._spec, self.scratch.reset())
+        self.own = None                 # gradient buffers of its own: only when no out= comes
 
     def __call__(self, work, x, eps, out=None):
         N, S, _ = eps.shape
         if self.n != N:
             self._setup(work, N)
+        if out is None and self.own is None:
+            self.own = {k: self.scratch.empty(v.shape, self.dtype) for k, v in work.items() if k != "h"}
         self.work, self.grads = work, (self.own if out is None else out)
         dh, logw = fastpath.qstar_gradient(self.core, self.dec, self.params, x, work["h"], eps, self.w)
         if out is None:
