@@ -94,6 +94,10 @@ IMPL_OPTION = click.option("--impl", type=click.Choice(["auto", "ref"]), default
                                 "code (the same numbers up to float rounding, slower)")
 
 
+DATA_DIR_OPTION = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                               help="where datasets live (else $MINIVAE_DATA, else the user cache)")
+
+
 def common(f):
     """--seed, --device, --dtype: every command takes them."""
     f = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32")(f)
@@ -111,8 +115,7 @@ def common(f):
                    "logistic likelihood, warm-up 20 epochs, 4 flow steps unless given)")
 @click.option("--arch", type=click.Choice(["mlp", "conv"]), default=None,
               help="mlp, or conv (paper Table 9, colour images) [default: conv for cifar10, else mlp]")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="where datasets live (else $MINIVAE_DATA, else the user cache)")
+@DATA_DIR_OPTION
 @click.option("--latent", type=COUNT, default=None, help="[default: 50; cifar10: 32]")
 @click.option("--enc-hidden", type=COUNT, default=200, help="units per encoder hidden layer")
 @click.option("--enc-layers", type=NATURAL, default=2, help="encoder hidden layers")
@@ -164,6 +167,18 @@ def where_to_run(f):
     return f
 
 
+def checkpoint_command(f):
+    """`minivae <function's name> CKPT`, where_to_run's options first: the per-datapoint commands."""
+    return main.command()(click.argument("ckpt", type=str)(where_to_run(f)))
+
+
+def first_n(f):
+    """--n, --split: the datapoints a per-datapoint command measures."""
+    f = click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")(f)
+    f = click.option("--n", type=COUNT, default=1000, help="the first N datapoints of the split")(f)
+    return f
+
+
 def localopt_options(f):
     """The settings of local q* fitting (paper 6.4), shared by `localopt` and `gaps`."""
     for opt in reversed([
@@ -182,17 +197,13 @@ def localopt_options(f):
     return f
 
 
-@main.command()
-@click.argument("ckpt", type=str)
-@where_to_run
+@checkpoint_command
 @click.option("--q", "q", type=click.Choice(["ffg", "flow", "fullcov"]), default="ffg",
               help="family of the local q*")
-@click.option("--n", type=COUNT, default=1000, help="the first N datapoints of the split")
-@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
+@first_n
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
               help="results file (stage localopt_<q>); a rerun resumes after its last finished block")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="where datasets live (else $MINIVAE_DATA, else the user cache)")
+@DATA_DIR_OPTION
 @click.option("--block", type=COUNT, default=100,
               help="datapoints optimised together; results are saved after each block (resume)")
 @localopt_options
@@ -240,19 +251,15 @@ def ais_options(f):
     return f
 
 
-@main.command()
-@click.argument("ckpt", type=str)
-@where_to_run
+@checkpoint_command
 @click.option("--k", type=COUNT, default=5000, help="samples of q per datapoint")
-@click.option("--n", type=COUNT, default=1000, help="the first N datapoints of the split")
-@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
+@first_n
 @click.option("--chunk", type=COUNT, default=None,
               help="rows (datapoints x samples) per decoder call [default: 10000, conv models 1000]; "
                    "memory stays near chunk x data_dim x 6 values for an MLP decoder (about 190 MB at "
                    "10000 x 784 in float32) whatever --k is")
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5", help="results file (stage iwae)")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="where datasets live (else $MINIVAE_DATA, else the user cache)")
+@DATA_DIR_OPTION
 @common
 def iwae(**opts):
     """L_VAE[q] and L_IWAE[q] per datapoint from k samples of the model's own q (stage iwae)."""
@@ -260,15 +267,11 @@ def iwae(**opts):
     commands.iwae(opts)
 
 
-@main.command()
-@click.argument("ckpt", type=str)
-@where_to_run
-@click.option("--n", type=COUNT, default=1000, help="the first N datapoints of the split")
-@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
+@checkpoint_command
+@first_n
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
               help="results file (stage ais); a rerun resumes after its last finished block")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="where datasets live (else $MINIVAE_DATA, else the user cache)")
+@DATA_DIR_OPTION
 @ais_options
 @common
 def ais(**opts):
@@ -277,9 +280,7 @@ def ais(**opts):
     commands.ais(opts)
 
 
-@main.command()
-@click.argument("ckpt", type=str)
-@where_to_run
+@checkpoint_command
 @click.option("--n", type=COUNT, default=100, help="datapoints simulated from the model")
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
               help="results file (stage bdmc); a rerun resumes after its last finished block")
@@ -292,16 +293,12 @@ def bdmc(**opts):
     commands.bdmc(opts)
 
 
-@main.command()
-@click.argument("ckpt", type=str)
-@where_to_run
-@click.option("--n", type=COUNT, default=1000, help="the first N datapoints of the split")
-@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test")
+@checkpoint_command
+@first_n
 @click.option("--out", type=click.Path(dir_okay=False), default="results.h5",
               help="results file: stages iwae, ais, localopt_<q> are reused from it or run and saved")
 @click.option("--format", "format", type=click.Choice(["table", "markdown", "json", "csv"]), default="table")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="where datasets live (else $MINIVAE_DATA, else the user cache)")
+@DATA_DIR_OPTION
 @click.option("--k", type=COUNT, default=5000, help="L_VAE[q] and L_IWAE[q]: samples of q per datapoint")
 @click.option("--chunk", type=COUNT, default=None,
               help="L_VAE/L_IWAE: rows (datapoints x samples) per decoder call [default: 10000, conv models 1000]")
