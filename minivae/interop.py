@@ -41,10 +41,14 @@ NEEDS = dict(ffg="mu then logvar", flow="mu0 then logvar0",
              fullcov="mu, then L's lower triangle row by row with log diagonal")
 
 
+def _must_exist(path, what):
+    if not os.path.exists(path):
+        raise SpecError(f"{what} file {path} does not exist: check the path")
+
+
 def read_tensors(path):
     """{name: array} from a safetensors file (its NumPy API) or an .npz."""
-    if not os.path.exists(path):
-        raise SpecError(f"weights file {path} does not exist: check the path")
+    _must_exist(path, "weights")
     npz = path.endswith(".npz")
     try:
         if npz:
@@ -62,8 +66,7 @@ def read_tensors(path):
 
 def read_spec(path):
     """The spec as a dict, from JSON or (name ending .toml) TOML."""
-    if not os.path.exists(path):
-        raise SpecError(f"spec file {path} does not exist: check the path")
+    _must_exist(path, "spec")
     toml = path.endswith(".toml")
     try:
         if toml:
