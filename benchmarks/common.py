@@ -267,6 +267,21 @@ WORKLOAD_NAMES = dict(a="train_epoch", b="ais_leapfrog", c="qstar_ffg", d="train
                       e="qstar_flow", m="matmul_peak")
 
 
+def peer_main(doc, side, workloads, load, argv=None):
+    """A peer's main: parse peer_parser's options, `load(args)` its library (False where it is
+    not installed: one skipped line per workload), then run each asked workload
+    `workloads[key](weights, args)` with its family's weights."""
+    args = peer_parser(doc).parse_args(argv)
+    todo = args.workloads.split(",")
+    if not load(args):
+        for w in todo:
+            skipped(WORKLOAD_NAMES[w], f"{side} not installed", side=side)
+        return 0
+    for w in todo:
+        workloads[w](weights_arg(args.weights, q="flow" if w in FLOW_WORKLOADS else "ffg"), args)
+    return 0
+
+
 def emit_epoch(side, timing, n, n_full, workload="train_epoch", **fields):
     """The train_epoch line: `timing` of n batches per repeat, scaled to the n_full of an epoch."""
     t = timing.scaled(n_full / n)

@@ -29,65 +29,10 @@ import common  # noqa: E402
 common.early_threads()
 
 import numpy as np  # noqa: E402
+from paper_model import paper_model  # noqa: E402
 
-LOG2PI = math.log(2 * math.pi)
 SIDE = "jax"
 B1, B2, ADAM_EPS = 0.9, 0.999, 1e-8
-
-
-def mlp(ws, prefix, x, n_layers=3):
-    for i in range(n_layers):
-        x = x @ ws[f"{prefix}.fc{i}.W"] + ws[f"{prefix}.fc{i}.b"]
-        if i < n_layers - 1:
-            x = jax.nn.elu(x)
-    return x
-
-
-def log_lik(ws, x, z):
-    logits = mlp(ws, "dec", z)
-    return (x * logits - jax.nn.softplus(logits)).sum(-1)
-
-
-def log_prior(z):
-    return -0.5 * ((z * z).sum(-1) + z.shape[-1] * LOG2PI)
-
-
-def elbo_ffg(ws, x, h, eps):
-    """Per-datapoint ELBO estimate, x (B, D), h = [mu, logvar] (B, 2Z), eps (B, S, Z) -> (B,)."""
-    Z = eps.shape[-1]
-    mu, logvar = h[:, None, :Z], h[:, None, Z:]
-    z = mu + jnp.exp(0.5 * logvar) * eps
-    logq = -0.5 * (eps * eps + logvar + LOG2PI).sum(-1)
-    return (log_lik(ws, x[:, None, :], z) + log_prior(z) - logq).mean(1)
-
-
-def flow_sample(ws, h, eps, steps=2):
-    """The paper's flow (minivae.model.flow): zT (B, K, Z) and the bound's logq (B, K) for
-    h = [mu0, logvar0] (B, 2Z), eps (B, K, 2Z); nets shared (W (in, out)) or one per
-    datapoint (W (B, in, out), b (B, 1, out): the same matmul broadcasts)."""
-    Z = eps.shape[-1] // 2
-    mu0, lv0 = h[:, None, :Z], h[:, None, Z:]
-    ez, ev = eps[..., :Z], eps[..., Z:]
-    z = mu0 + jnp.exp(0.5 * lv0) * ez
-    qv = mlp(ws, "q.qv", z)
-    v = qv[..., :Z] + jnp.exp(0.5 * qv[..., Z:]) * ev
-    logdet = 0.0
-    for t in range(steps):
-        a1, m1 = mlp(ws, f"q.s{t}.s1", z), mlp(ws, f"q.s{t}.m1", z)
-        v = v * 2 * jax.nn.sigmoid(a1) + m1
-        a2, m2 = mlp(ws, f"q.s{t}.s2", v), mlp(ws, f"q.s{t}.m2", v)
-        z = z * 2 * jax.nn.sigmoid(a2) + m2
-        logdet = logdet + (2 * math.log(2.0) - jax.nn.softplus(-a1) - jax.nn.softplus(-a2)).sum(-1)
-    rv = mlp(ws, "q.rv", z)
-    mr, lr = rv[..., :Z], rv[..., Z:]
-    logr = -0.5 * ((v - mr) ** 2 * jnp.exp(-lr) + lr + LOG2PI).sum(-1)
-    logq0 = -0.5 * (ez * ez + ev * ev + lv0 + qv[..., Z:] + 2 * LOG2PI).sum(-1)
-    return z, logq0 - logdet - logr
-
-
-def elbo_flow(ws, x, h, eps):
-    z, logq = flow_sample(ws, h, eps)
-    return (log_lik(ws, x[:, None, :], z) + log_prior(z) - logq).mean(1)
 
 
 def adam_init(params):
@@ -116,10 +61,10 @@ def train_epoch(weights, args, flow=False):
     ws = {k: jnp.asarray(v) for k, v in weights.items() if flow or not k.startswith("q.")}
     B, Z = common.BATCH, common.LATENT
     E = 2 * Z if flow else Z
-    elbo = elbo_flow if flow else elbo_ffg
+    elbo = vae.elbo_flow if flow else vae.elbo_ffg
 
     def batch_bound(ws, xb, eps):
-        return elbo(ws, xb, mlp(ws, "enc", xb), eps).mean()
+        return elbo(ws, xb, vae.mlp(ws, "enc", xb), eps).mean()
 
     xc, ec = common.check_batch_flow() if flow else common.check_batch()
     value, grads = jax.jit(jax.value_and_grad(batch_bound))(ws, xc, ec[:, None, :])
@@ -165,7 +110,7 @@ def ais_leapfrog(weights, args):
     beta, eps, L = common.AIS_BETA, common.AIS_STEP, common.AIS_LEAPFROG
 
     def log_joint(z):
-        logp = log_prior(z) + beta * log_lik(ws, x, z)
+        logp = vae.log_prior(z) + beta * vae.log_lik(ws, x, z)
         return logp.sum(), logp
 
     def log_joint_and_grad(z):
@@ -211,7 +156,7 @@ def qstar_ffg(weights, args):
     h = jnp.zeros((args.q_data, 2 * common.LATENT), jnp.float32)      # N(0, I) init
 
     def objective(h, eps):
-        return elbo_ffg(ws, x, h, eps).sum()     # per-datapoint objectives are independent
+        return vae.elbo_ffg(ws, x, h, eps).sum()     # per-datapoint objectives are independent
 
     check = dict(check_bound=float(jax.jit(objective)(h, jnp.asarray(eps_np))) / args.q_data)
     common.emit_qstar(SIDE, time_ascent(objective, h, eps_np.shape, args), args, check, **meta())
@@ -246,7 +191,7 @@ def qstar_flow(weights, args):
              **{k: jnp.asarray(v) for k, v in nets.items()}}
 
     def objective(local, eps):
-        return elbo_flow({**dec, **local}, x, local["h"], eps).sum()   # independent per datapoint
+        return vae.elbo_flow({**dec, **local}, x, local["h"], eps).sum()   # independent per datapoint
 
     value, g = jax.jit(jax.value_and_grad(objective))(local, jnp.asarray(eps_np))
     check = dict(check_bound=float(value) / args.q_data, check_grad_norm=math.sqrt(sum(
@@ -274,21 +219,20 @@ WORKLOADS = dict(a=train_epoch, b=ais_leapfrog, c=qstar_ffg, d=partial(train_epo
                  e=qstar_flow, m=matmul_peak)
 
 
-def main(argv=None):
-    global jax, jnp
-    args = common.peer_parser(__doc__).parse_args(argv)
-    todo = args.workloads.split(",")
+def load(args):
+    """Import jax into this module and build the model on it; False where jax is not installed."""
+    global jax, jnp, vae
     try:
         import jax
         import jax.numpy as jnp
     except ImportError:
-        for w in todo:
-            common.skipped(common.WORKLOAD_NAMES[w], "jax not installed", side=SIDE)
-        return 0
-    for w in todo:
-        WORKLOADS[w](common.weights_arg(args.weights, q="flow" if w in common.FLOW_WORKLOADS else "ffg"),
-                     args)
-    return 0
+        return False
+    vae = paper_model(jnp.exp, jax.nn.elu, jax.nn.softplus, jax.nn.sigmoid)
+    return True
+
+
+def main(argv=None):
+    return common.peer_main(__doc__, SIDE, WORKLOADS, load, argv)
 
 
 if __name__ == "__main__":

@@ -23,66 +23,9 @@ import common  # noqa: E402
 common.early_threads()
 
 import numpy as np  # noqa: E402
+from paper_model import paper_model  # noqa: E402
 
-LOG2PI = math.log(2 * math.pi)
 SIDE = "torch"
-
-
-def mlp(ws, prefix, x, n_layers=3):
-    for i in range(n_layers):
-        x = x @ ws[f"{prefix}.fc{i}.W"] + ws[f"{prefix}.fc{i}.b"]
-        if i < n_layers - 1:
-            x = torch.nn.functional.elu(x)
-    return x
-
-
-def log_lik(ws, x, z):
-    """log Bernoulli(x; sigmoid(decoder(z))) summed over pixels; x broadcasts against z's rows."""
-    logits = mlp(ws, "dec", z)
-    return (x * logits - torch.nn.functional.softplus(logits)).sum(-1)
-
-
-def log_prior(z):
-    return -0.5 * ((z * z).sum(-1) + z.shape[-1] * LOG2PI)
-
-
-def elbo_ffg(ws, x, h, eps):
-    """Per-datapoint ELBO estimate with q = N(mu, diag exp(logvar)), h = [mu, logvar]:
-    x (B, D), h (B, 2Z), eps (B, S, Z) -> (B,), the mean over the S samples."""
-    Z = eps.shape[-1]
-    mu, logvar = h[:, None, :Z], h[:, None, Z:]
-    z = mu + torch.exp(0.5 * logvar) * eps
-    logq = -0.5 * (eps * eps + logvar + LOG2PI).sum(-1)
-    return (log_lik(ws, x[:, None, :], z) + log_prior(z) - logq).mean(1)
-
-
-def flow_sample(ws, h, eps, steps=2):
-    """The paper's flow (minivae.model.flow): zT (B, K, Z) and the bound's logq (B, K); nets
-    shared (W (in, out)) or one per datapoint (W (B, in, out), b (B, 1, out))."""
-    F = torch.nn.functional
-    Z = eps.shape[-1] // 2
-    mu0, lv0 = h[:, None, :Z], h[:, None, Z:]
-    ez, ev = eps[..., :Z], eps[..., Z:]
-    z = mu0 + torch.exp(0.5 * lv0) * ez
-    qv = mlp(ws, "q.qv", z)
-    v = qv[..., :Z] + torch.exp(0.5 * qv[..., Z:]) * ev
-    logdet = 0.0
-    for t in range(steps):
-        a1, m1 = mlp(ws, f"q.s{t}.s1", z), mlp(ws, f"q.s{t}.m1", z)
-        v = v * 2 * torch.sigmoid(a1) + m1
-        a2, m2 = mlp(ws, f"q.s{t}.s2", v), mlp(ws, f"q.s{t}.m2", v)
-        z = z * 2 * torch.sigmoid(a2) + m2
-        logdet = logdet + (2 * math.log(2.0) - F.softplus(-a1) - F.softplus(-a2)).sum(-1)
-    rv = mlp(ws, "q.rv", z)
-    mr, lr = rv[..., :Z], rv[..., Z:]
-    logr = -0.5 * ((v - mr) ** 2 * torch.exp(-lr) + lr + LOG2PI).sum(-1)
-    logq0 = -0.5 * (ez * ez + ev * ev + lv0 + qv[..., Z:] + 2 * LOG2PI).sum(-1)
-    return z, logq0 - logdet - logr
-
-
-def elbo_flow(ws, x, h, eps):
-    z, logq = flow_sample(ws, h, eps)
-    return (log_lik(ws, x[:, None, :], z) + log_prior(z) - logq).mean(1)
 
 
 def tensors(weights, requires_grad=False):
@@ -92,11 +35,11 @@ def tensors(weights, requires_grad=False):
 def train_epoch(weights, args, flow=False):
     ws = tensors({k: v for k, v in weights.items() if flow or not k.startswith("q.")}, requires_grad=True)
     opt = torch.optim.Adam(list(ws.values()), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
-    elbo, E = (elbo_flow, 2 * common.LATENT) if flow else (elbo_ffg, common.LATENT)
+    elbo, E = (vae.elbo_flow, 2 * common.LATENT) if flow else (vae.elbo_ffg, common.LATENT)
 
     # cross-check: the bound and its gradient on a fixed batch, before any step
     xc, ec = (torch.tensor(a) for a in (common.check_batch_flow() if flow else common.check_batch()))
-    value = elbo(ws, xc, mlp(ws, "enc", xc), ec[:, None, :]).mean()
+    value = elbo(ws, xc, vae.mlp(ws, "enc", xc), ec[:, None, :]).mean()
     grads = torch.autograd.grad(value, list(ws.values()))
     check = dict(check_bound=value.item(),
                  check_grad_norm=math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads)))
@@ -109,7 +52,7 @@ def train_epoch(weights, args, flow=False):
     def step(idx):
         xb = x_all[idx].float()
         eps = torch.randn(common.BATCH, 1, E, generator=gen)
-        loss = -elbo(ws, xb, mlp(ws, "enc", xb), eps).mean()
+        loss = -elbo(ws, xb, vae.mlp(ws, "enc", xb), eps).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -136,7 +79,7 @@ def ais_leapfrog(weights, args):
     def log_joint_and_grad(z):
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
-            logp = log_prior(z) + beta * log_lik(ws, x, z)
+            logp = vae.log_prior(z) + beta * vae.log_lik(ws, x, z)
             (g,) = torch.autograd.grad(logp.sum(), z)
         return logp.detach(), g
 
@@ -172,8 +115,8 @@ def qstar_ffg(weights, args):
     h = torch.zeros(args.q_data, 2 * common.LATENT, requires_grad=True)   # N(0, I) init
     opt = torch.optim.Adam([h], lr=1e-3)
     with torch.no_grad():
-        check = dict(check_bound=elbo_ffg(ws, x, h, eps_check).mean().item())
-    timing = time_ascent(lambda eps: elbo_ffg(ws, x, h, eps).sum(), opt, eps_check.shape, args)
+        check = dict(check_bound=vae.elbo_ffg(ws, x, h, eps_check).mean().item())
+    timing = time_ascent(lambda eps: vae.elbo_ffg(ws, x, h, eps).sum(), opt, eps_check.shape, args)
     common.emit_qstar(SIDE, timing, args, check, **meta())
 
 
@@ -200,11 +143,11 @@ def qstar_flow(weights, args):
     local = tensors({"h": np.zeros((args.q_data, 2 * common.LATENT), np.float32), **nets},
                     requires_grad=True)
     opt = torch.optim.Adam(list(local.values()), lr=1e-3)
-    value = elbo_flow({**ws, **local}, x, local["h"], eps_check).sum()
+    value = vae.elbo_flow({**ws, **local}, x, local["h"], eps_check).sum()
     grads = torch.autograd.grad(value, list(local.values()))
     check = dict(check_bound=value.item() / args.q_data,
                  check_grad_norm=math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads)))
-    timing = time_ascent(lambda eps: elbo_flow({**ws, **local}, x, local["h"], eps).sum(), opt,
+    timing = time_ascent(lambda eps: vae.elbo_flow({**ws, **local}, x, local["h"], eps).sum(), opt,
                          eps_check.shape, args)
     common.emit_qstar(SIDE, timing, args, check, workload="qstar_flow", **meta())
 
@@ -225,22 +168,23 @@ WORKLOADS = dict(a=train_epoch, b=ais_leapfrog, c=qstar_ffg, d=partial(train_epo
                  e=qstar_flow, m=matmul_peak)
 
 
-def main(argv=None):
-    global torch
-    args = common.peer_parser(__doc__).parse_args(argv)
-    todo = args.workloads.split(",")
+def load(args):
+    """Import torch into this module and build the model on it; False where torch is not
+    installed."""
+    global torch, vae
     try:
         import torch
     except ImportError:
-        for w in todo:
-            common.skipped(common.WORKLOAD_NAMES[w], "torch not installed", side=SIDE)
-        return 0
+        return False
     if args.threads:
         torch.set_num_threads(args.threads)
-    for w in todo:
-        WORKLOADS[w](common.weights_arg(args.weights, q="flow" if w in common.FLOW_WORKLOADS else "ffg"),
-                     args)
-    return 0
+    F = torch.nn.functional
+    vae = paper_model(torch.exp, F.elu, F.softplus, torch.sigmoid)
+    return True
+
+
+def main(argv=None):
+    return common.peer_main(__doc__, SIDE, WORKLOADS, load, argv)
 
 
 if __name__ == "__main__":
