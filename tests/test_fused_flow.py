@@ -16,7 +16,7 @@ from minivae.testing.kernels import rng as krng
 
 from conftest import cuda_twin
 from test_train_step import near as close
-from test_train_step import small
+from test_train_step import small, steps_follow_the_reference
 
 pytestmark = pytest.mark.skipif(fastpath.kernels() is None, reason="kernels/ cannot be loaded")
 
@@ -101,14 +101,7 @@ def test_flow_training_steps_follow_the_reference_and_ref_is_a_flag():
     cfg, family, params, x, rng = flow_model()
     cfg = cfg.replace(k=2)
     assert fused_flow.supports(cfg, family) and not fused_flow.supports(cfg, family, ("q.",))
-    ref = {k: v.copy() for k, v in params.items()}
-    fast_step = train.training_step(params, optim.adam_init(params), cfg, family, (), True)
-    ref_step = train.training_step(ref, optim.adam_init(ref), cfg, family, (), True, impl="ref")
-    for _ in range(8):
-        eps = rng.standard_normal((6, 2, 6))
-        close(fast_step(x, eps, 0.5, 3e-3), ref_step(x, eps, 0.5, 3e-3), 1e-9)
-    for k in ref:
-        close(params[k], ref[k], 1e-8)
+    steps_follow_the_reference(params, cfg, family, x, rng, (6, 2, 6))
 
 
 def test_flow_train_step_with_a_frozen_decoder():

@@ -10,7 +10,7 @@ from minivae.model import fastpath, fused_fullcov, model, objectives, optim
 from minivae.model.fullcov import FullCov
 from minivae.model.posteriors import get_family
 from test_train_step import near as close
-from test_train_step import small
+from test_train_step import small, steps_follow_the_reference
 
 pytestmark = pytest.mark.skipif(fastpath.kernels() is None, reason="kernels/ cannot be loaded")
 
@@ -65,14 +65,7 @@ def test_fullcov_training_steps_follow_the_reference():
     cfg, family, params, x, rng = fullcov_model()
     tanh = cfg.replace(act="tanh", dec_layers=0)                      # its decoder would do, not its encoder
     assert fused_fullcov.supports(tanh, family) and not fused_fullcov.supports(tanh, family, encoder=True)
-    ref = {k: v.copy() for k, v in params.items()}
-    fast_step = train.training_step(params, optim.adam_init(params), cfg, family, (), True)
-    ref_step = train.training_step(ref, optim.adam_init(ref), cfg, family, (), True, impl="ref")
-    for _ in range(8):
-        eps = rng.standard_normal((6, 1, 3))
-        close(fast_step(x, eps, 0.5, 3e-3), ref_step(x, eps, 0.5, 3e-3), 1e-9)
-    for k in ref:
-        close(params[k], ref[k], 1e-8)
+    steps_follow_the_reference(params, cfg, family, x, rng, (6, 1, 3))
 
 
 def test_qstar_fullcov_gradient_and_fit_local_follow_the_reference():

@@ -39,6 +39,20 @@ def near(got, want, rtol=1e-10):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
 
 
+def steps_follow_the_reference(params, cfg, family, x, rng, noise, steps=8):
+    """`steps` fused training steps (train.training_step) and as many reference steps
+    (impl="ref") from the same params and noise (shape `noise`): the same bounds and the same
+    parameters after, to float64 rounding."""
+    ref = {k: v.copy() for k, v in params.items()}
+    fast_step = train.training_step(params, optim.adam_init(params), cfg, family, (), True)
+    ref_step = train.training_step(ref, optim.adam_init(ref), cfg, family, (), True, impl="ref")
+    for _ in range(steps):
+        eps = rng.standard_normal(noise)
+        near(fast_step(x, eps, 0.5, 3e-3), ref_step(x, eps, 0.5, 3e-3), 1e-9)
+    for k in ref:
+        near(params[k], ref[k], 1e-8)
+
+
 # --- sparse input products -------------------------------------------------------------------
 
 
@@ -233,15 +247,7 @@ def test_adopted_parameters_keep_their_values_and_are_updated_in_place():
 def test_training_steps_follow_the_reference(objective):
     cfg, params, x, rng = small()
     cfg = cfg.replace(objective=objective, k=2)
-    family = get_family(cfg)
-    ref = {k: v.copy() for k, v in params.items()}
-    fast_step = train.training_step(params, optim.adam_init(params), cfg, family, (), True)
-    ref_step = train.training_step(ref, optim.adam_init(ref), cfg, family, (), True, impl="ref")
-    for i in range(10):
-        eps = rng.standard_normal((6, 2, 3))
-        near(fast_step(x, eps, 0.5, 3e-3), ref_step(x, eps, 0.5, 3e-3), 1e-9)
-    for k in ref:
-        near(params[k], ref[k], 1e-8)
+    steps_follow_the_reference(params, cfg, get_family(cfg), x, rng, (6, 2, 3), steps=10)
 
 
 def test_train_uses_the_fast_path_and_ends_where_the_reference_does(tmp_path, monkeypatch):
