@@ -47,16 +47,20 @@ def run_cli(args):
     return result.exit_code, result.output
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
+def tiny_model_file(folder, dtype="float32"):
     """A small untrained checkpoint for the embedded MNIST (latent 2, one hidden layer each)."""
     from minivae import io
     from minivae.model import model
     from minivae.model.config import Config
-    cfg = Config(latent=2, enc_hidden=8, dec_hidden=8, enc_layers=1, dec_layers=1, dtype="float32")
-    path = tmp_path_factory.mktemp("ck") / "tiny.h5"
+    cfg = Config(latent=2, enc_hidden=8, dec_hidden=8, enc_layers=1, dec_layers=1, dtype=dtype)
+    path = folder / "tiny.h5"
     io.save_checkpoint(path, model.init_params(cfg, np.random.default_rng(0)), cfg)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    return tiny_model_file(tmp_path_factory.mktemp("ck"))
 
 
 # --- CIFAR-10 on tiny batches in the real format (the real files are not on this machine) ---

@@ -144,15 +144,21 @@ def test_stage_resumes_after_its_last_block_with_the_same_numbers(tmp_path):
         np.testing.assert_array_equal(a, w)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--k", "0"], "Invalid value for '--k'"),
-    (["--chunk", "0"], "Invalid value for '--chunk'"),
-    (["--n", "10001"], "larger than"),
-    (["--split", "nope"], "nope"),
+@pytest.mark.parametrize("command,extra,message", [
+    ("iwae", ["--k", "0"], "Invalid value for '--k'"),
+    ("iwae", ["--chunk", "0"], "Invalid value for '--chunk'"),
+    ("iwae", ["--n", "10001"], "larger than"),
+    ("iwae", ["--split", "nope"], "nope"),
+    ("ais", ["--chains", "0"], "Invalid value for '--chains'"),
+    ("ais", ["--n", "20000"], "larger than"),
+    ("ais", ["--target-accept", "1.2"], "--target-accept"),
+    ("ais", ["--block", "0"], "Invalid value for '--block'"),
 ])
-def test_cli_iwae_bad_options_are_one_line(tiny_ckpt, tmp_path, extra, message):
-    code, text = run_cli(["iwae", tiny_ckpt, "--n", "2", "--out", str(tmp_path / "r.h5")] + extra)
+def test_cli_bad_options_are_one_line(tiny_ckpt, tmp_path, command, extra, message):
+    """iwae and ais: a bad option is one line, no traceback, and no results file."""
+    code, text = run_cli([command, tiny_ckpt, "--n", "2", "--out", str(tmp_path / "r.h5")] + extra)
     assert code != 0 and message in text and "Traceback" not in text
+    assert len(text.strip().splitlines()) == 1
     assert not (tmp_path / "r.h5").exists()
 
 

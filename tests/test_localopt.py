@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import interrupt_after
+from conftest import interrupt_after, tiny_model_file
 from minivae import io
 from minivae.testing import lingauss
 from minivae.estimators import localopt
@@ -131,11 +131,8 @@ def test_resume_after_an_interruption_gives_identical_results(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A random (untrained) tiny MNIST model."""
-    cfg = Config(latent=2, enc_hidden=8, dec_hidden=8, enc_layers=1, dec_layers=1, dtype="float64")
-    path = tmp_path_factory.mktemp("ck") / "m.h5"
-    io.save_checkpoint(path, model.init_params(cfg, np.random.default_rng(0)), cfg)
-    return str(path)
+    """A random (untrained) tiny MNIST model, float64."""
+    return tiny_model_file(tmp_path_factory.mktemp("ck"), "float64")
 
 
 def invoke(*args):

@@ -25,12 +25,18 @@ def test_log_joint_gradient_wrt_z():
     check_each(lambda p: float(model.log_joint(params, cfg, x, p["z"], 0.7)[0].sum()), {"z": z}, {"z": dz})
 
 
-def test_elbo_at_the_optimal_ffg_matches_closed_form():
-    cfg, params, x = lingauss.make(latent=3, data_dim=6, n=5)
-    mu, logvar, exact = lingauss.optimal_ffg(params, cfg, x)
+def at_the_optimal_ffg(latent, data_dim, n, samples, seed):
+    """A linear-Gaussian model, its optimal FFG (mu, logvar, its exact ELBO) and log w there."""
+    cfg, params, x = lingauss.make(latent=latent, data_dim=data_dim, n=n)
+    mu, logvar, elbo = lingauss.optimal_ffg(params, cfg, x)
     family = get_family(cfg)
-    eps = np.random.default_rng(1).standard_normal((5, 20000, 3))
+    eps = np.random.default_rng(seed).standard_normal((n, samples, latent))
     logw, _ = objectives.log_weights(params, cfg, family, x, np.hstack([mu, logvar]), eps)
+    return cfg, params, x, family, eps, mu, logvar, elbo, logw
+
+
+def test_elbo_at_the_optimal_ffg_matches_closed_form():
+    cfg, params, x, family, eps, mu, logvar, exact, logw = at_the_optimal_ffg(3, 6, 5, 20000, 1)
     se = logw.std(1) / np.sqrt(logw.shape[1])
     assert np.all(np.abs(logw.mean(1) - exact) < 5 * se + 1e-9)
     # and it is the best FFG: moving the mean or the variance lowers the expected ELBO
@@ -40,11 +46,7 @@ def test_elbo_at_the_optimal_ffg_matches_closed_form():
 
 
 def test_iwae_approaches_log_px_from_below():
-    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=6)
-    mu, logvar, elbo_star = lingauss.optimal_ffg(params, cfg, x)
-    family = get_family(cfg)
-    eps = np.random.default_rng(2).standard_normal((6, 5000, 2))
-    logw, _ = objectives.log_weights(params, cfg, family, x, np.hstack([mu, logvar]), eps)
+    cfg, params, x, _, _, _, _, elbo_star, logw = at_the_optimal_ffg(2, 4, 6, 5000, 2)
     iwae = objectives.reduce_weights(logw, "iwae")[0]
     exact = lingauss.log_px(params, cfg, x)
     # a single IWAE estimate may exceed log p(x); its expectation may not
