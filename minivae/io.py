@@ -104,7 +104,8 @@ def _upgrade(config, version):
 
 
 def load_checkpoint(path, xp=np):
-    """A dict with params, config, epoch, adam (or None), rng_state, curves, version; the
+    """A dict with params, config, epoch, adam (or None), rng_state, curves, version and
+    provenance (a shipped model's command, commit, date and log; empty strings otherwise); the
     tensors checked against the model the config describes (validate_checkpoint)."""
     with _open(pretrained.locate(path), CHECKPOINT_KIND, "checkpoint") as f:
         try:
@@ -119,7 +120,8 @@ def load_checkpoint(path, xp=np):
                 adam.update({m: {k: xp.asarray(v) for k, v in adam[m].items()} for m in ("m", "v")})
             return dict(params=params, config=config, epoch=int(f.attrs["epoch"]), adam=adam,
                         rng_state=json.loads(f.attrs["rng_state"]) or None,
-                        curves=_read_dict(f["curves"]), version=f.attrs["version"])
+                        curves=_read_dict(f["curves"]), version=f.attrs["version"],
+                        provenance={k: str(f.attrs.get(k, "")) for k in pretrained.PROVENANCE})
         except (KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} is incomplete or damaged ({e}): retrain or "
                                   "pass another checkpoint")

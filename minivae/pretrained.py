@@ -39,18 +39,17 @@ def locate(ckpt):
 def describe():
     """One dict per shipped model: name, dataset, family, epochs, the last training bound and
     validation ELBO, size in MB, and the provenance attributes."""
+    from . import io  # io resolves paper: names through this module
     rows = []
     for name in names():
-        path = Path(locate(name))
-        with h5py.File(path, "r") as f:
-            cfg = json.loads(f.attrs["config"])
-            curves = {k: f["curves"][k][()] for k in f["curves"]}
-            row = dict(name=name, dataset=cfg["dataset"], q=cfg["q"], epochs=int(f.attrs["epoch"]),
-                       mb=round(path.stat().st_size / 1e6, 1))
-            for k in ("train_bound", "valid_elbo"):
-                if len(curves.get(k, ())):
-                    row[k] = round(float(curves[k][-1]), 2)
-            row.update({k: str(f.attrs.get(k, "")) for k in PROVENANCE})
+        ck = io.load_checkpoint(name)  # a damaged shipped file is one CheckpointError line
+        cfg, curves = ck["config"], ck["curves"]
+        row = dict(name=name, dataset=cfg.dataset, q=cfg.q, epochs=ck["epoch"],
+                   mb=round(Path(locate(name)).stat().st_size / 1e6, 1))
+        for k in ("train_bound", "valid_elbo"):
+            if len(curves.get(k, ())):
+                row[k] = round(float(curves[k][-1]), 2)
+        row.update(ck["provenance"])
         rows.append(row)
     return rows
 

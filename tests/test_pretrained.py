@@ -55,6 +55,14 @@ def test_an_unknown_name_is_one_line_naming_the_choices(shelf, tmp_path):
     assert "no shipped model 'paper:mnist-flwo'" in out and "paper:tiny" in out
 
 
+def test_a_damaged_shipped_model_is_one_line_in_models(shelf):
+    path = pretrained.locate("paper:tiny")
+    with h5py.File(path, "a") as f:
+        del f["params"]
+    code, out = run_cli(["models"])
+    assert code == 2 and out.count("\n") == 1 and "incomplete or damaged" in out, out
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_the_package_ships_the_paper_models(name):
     path = pretrained.locate(f"paper:{name}")

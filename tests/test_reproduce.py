@@ -127,6 +127,16 @@ def test_unknown_budget_is_one_line(tmp_path):
     assert result.exit_code != 0 and "Traceback" not in result.output
 
 
+def test_missing_data_is_one_line_before_any_output(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVAE_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("MINIVAE_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli.main, ["reproduce", "table2", "--dataset", "fashion", "--out", str(out)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "missing fashion-mnist/train-images-idx3-ubyte.gz" in result.output and not out.exists()
+
+
 def test_best_of_starts_keeps_each_datapoints_best_fit(monkeypatch):
     from minivae.model.config import Config
     cfg = Config(latent=2)

@@ -105,6 +105,7 @@ def run(experiment, dataset, budget, out, seed=0, log=print, runner=None, split=
         raise MinivaeError(f"--only selects the models of a table; {experiment} has no choice of models")
     if only:                                                         # an unknown name: before any work
         select(*models(experiment), only, experiment)
+    data.load(dataset, "train")                                    # missing data: before any output
     log(f"{experiment} on {dataset}, budget {budget}: settings\n"
         + json.dumps(budget_for(budget, dataset), indent=1))
     if experiment == "fig2":
