@@ -131,6 +131,8 @@ def common(f):
                    "[default: plain if --epochs is given, else burda]")
 @click.option("--epochs", type=COUNT, default=None, help="epochs of the plain schedule")
 @click.option("--lr", type=POSITIVE, default=1e-3, help="learning rate of the plain schedule")
+@click.option("--adam-eps", type=POSITIVE, default=1e-8,
+              help="Adam's epsilon (the authors' code, lxuechen/inference-suboptimality: 1e-4)")
 @click.option("--warmup-epochs", type=NATURAL, default=None,
               help="entropy annealing epochs [default: 400 with burda, 0 with plain; cifar10: 20]")
 @click.option("--no-warmup", is_flag=True, help="train without entropy annealing (paper Table 6)")

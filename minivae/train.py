@@ -112,7 +112,7 @@ def training_step(params, adam, cfg, family, frozen=(), sparse_input=False, impl
 
         def step(x, eps, lam, lr):
             value = fast(x, eps, lam, cfg.objective)
-            fast.update(lr)
+            fast.update(lr, eps=cfg.adam_eps)
             return value
 
         return step
@@ -121,7 +121,7 @@ def training_step(params, adam, cfg, family, frozen=(), sparse_input=False, impl
         value, grads = objectives.bound_and_grads(params, cfg, family, x, eps, lam, cfg.objective)
         if frozen:
             grads = {k: g for k, g in grads.items() if not k.startswith(frozen)}
-        adam_step(params, grads, adam, lr, impl=impl)
+        adam_step(params, grads, adam, lr, eps=cfg.adam_eps, impl=impl)
         return value
 
     return step
@@ -173,6 +173,7 @@ def config_from_options(opts):
                   batch=opts["batch"], train_split=opts.get("train_split") or "train",
                   train_size=opts["train_size"] or 0, schedule=schedule,
                   epochs=opts["epochs"] if opts["epochs"] is not None else 3280, lr=opts["lr"],
+                  adam_eps=opts.get("adam_eps") or 1e-8,
                   warmup_epochs=warmup, seed=opts["seed"], dtype=opts["dtype"])
 
 
@@ -185,7 +186,7 @@ TRAIN_SETTINGS = dict(dataset=("dataset",), arch=("arch",), q=("q",), latent=("l
                       dec_layers=("dec_layers",), act=("act",), flow_steps=("flow_steps",),
                       objective=("objective",), k=("k",), batch=("batch",), train_split=("train_split",),
                       train_size=("train_size",),
-                      schedule=("schedule",), epochs=("epochs",), lr=("lr",),
+                      schedule=("schedule",), epochs=("epochs",), lr=("lr",), adam_eps=("adam_eps",),
                       warmup_epochs=("warmup_epochs", "no_warmup"), seed=("seed",), dtype=("dtype",))
 
 

@@ -161,6 +161,7 @@ def test_cli_train_on_embedded_mnist_and_resume(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["train", "--epochs", "0"], "Invalid value for '--epochs'"),
     (["train", "--latent", "0", "--epochs", "1"], "Invalid value for '--latent'"),
+    (["train", "--adam-eps", "0", "--epochs", "1"], "Invalid value for '--adam-eps'"),
     (["train", "--schedule", "plain"], "needs --epochs"),
     (["train", "--dataset", "nope", "--epochs", "1"], "nope"),
     (["train", "--resume", "missing.h5"], "does not exist"),

@@ -1,9 +1,11 @@
 """`minivae train --train-split train+valid`: the authors' training set (MNIST: all 60 000
-images), stored in the config; checkpoints written before the option load with `train`."""
+images), stored in the config; checkpoints written before the option load with `train`.
+The same for `--adam-eps` (the authors' code: 1e-4)."""
 import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from conftest import run_cli
 from minivae import data, io
@@ -28,12 +30,16 @@ def test_a_config_without_the_field_loads_with_the_train_split():
     assert cfg.train_split == "train" and cfg.latent == 3
 
 
-def test_cli_stores_the_split_and_refuses_another_on_rerun(tmp_path):
+@pytest.mark.parametrize("option,first,second,field", [
+    ("--train-split", "train+valid", "train", "train_split"),
+    ("--adam-eps", "0.0001", "1e-08", "adam_eps"),            # the authors' Adam epsilon, and ours
+])
+def test_cli_stores_the_setting_and_refuses_another_on_rerun(tmp_path, option, first, second, field):
     out = str(tmp_path / "m.h5")
     tiny = ["train", "--train-size", "100", "--batch", "50", "--latent", "2", "--enc-hidden", "8",
             "--dec-hidden", "8", "--enc-layers", "1", "--dec-layers", "1", "--epochs", "1", "--out", out]
-    code, text = run_cli(tiny + ["--train-split", "train+valid"])
+    code, text = run_cli(tiny + [option, first])
     assert code == 0, text
-    assert "not held out" in text and io.load_checkpoint(out)["config"].train_split == "train+valid"
-    code, text = run_cli(tiny + ["--train-split", "train"])
-    assert code == 2 and "--train-split train (checkpoint: train+valid)" in text
+    assert str(getattr(io.load_checkpoint(out)["config"], field)) == first
+    code, text = run_cli(tiny + [option, second])
+    assert code == 2 and f"{option} {second} (checkpoint: {first})" in text, text

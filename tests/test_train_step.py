@@ -250,6 +250,26 @@ def test_training_steps_follow_the_reference(objective):
     steps_follow_the_reference(params, cfg, get_family(cfg), x, rng, (6, 2, 3), steps=10)
 
 
+@pytest.mark.parametrize("impl", ["auto", "ref"])
+def test_the_configs_adam_eps_reaches_adam(impl):
+    """cfg.adam_eps is the epsilon of the step's Adam on both paths: one step is optim.adam_step
+    with that eps, and eps 1e-4 (the authors' code) moves small-gradient parameters less."""
+    cfg, params, x, rng = small()
+    eps = rng.standard_normal((6, 1, 3))
+    moved = {}
+    for adam_eps in (1e-8, 1e-4):
+        c = cfg.replace(adam_eps=adam_eps)
+        p = {k: v.copy() for k, v in params.items()}
+        want = {k: v.copy() for k, v in params.items()}
+        train.training_step(p, optim.adam_init(p), c, get_family(c), (), True, impl=impl)(x, eps, 0.5, 3e-3)
+        _, grads = objectives.bound_and_grads(want, c, get_family(c), x, eps, 0.5, "elbo")
+        optim.adam_step(want, grads, optim.adam_init(want), 3e-3, eps=adam_eps, impl="ref")
+        for k in want:
+            near(p[k], want[k], 1e-9)
+        moved[adam_eps] = sum(np.abs(p[k] - params[k]).sum() for k in p)
+    assert moved[1e-4] < moved[1e-8] * 0.999
+
+
 def test_train_uses_the_fast_path_and_ends_where_the_reference_does(tmp_path, monkeypatch):
     x = (np.random.default_rng(0).random((60, 30)) < 0.2).astype(np.uint8)
     cfg = Config(data_dim=30, latent=3, enc_hidden=8, dec_hidden=8, batch=20, schedule="plain",

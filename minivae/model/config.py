@@ -33,6 +33,7 @@ class Config:
     schedule: str = "burda"        # burda | plain
     epochs: int = 3280             # plain schedule only; burda fixes 3280
     lr: float = 1e-3               # plain schedule only
+    adam_eps: float = 1e-8         # Adam's epsilon (Kingma & Ba's); the authors' code (lxuechen) used 1e-4
     warmup_epochs: int = 400       # entropy annealing lambda: 0 -> 1 over these epochs
     freeze: str = ""               # comma-separated key prefixes not trained (e.g. "dec": Table 4)
     seed: int = 0
