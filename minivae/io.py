@@ -144,6 +144,14 @@ def save_results(path, stage, arrays, attrs=None):
                 g.create_dataset(k, data=to_numpy(a))
 
 
+def stage_seconds(path):
+    """{stage: wall seconds over every run that made it} of results file `path` ({} if absent)."""
+    if not os.path.exists(path):
+        return {}
+    with _open(path, RESULTS_KIND, "results file") as f:
+        return {name: float(f[name].attrs.get("seconds", 0.0)) for name in f}
+
+
 def load_results(path, stage):
     """(arrays, attrs) of group `stage`, or None when the file or the stage is absent."""
     if not os.path.exists(path):

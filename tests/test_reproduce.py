@@ -77,9 +77,18 @@ def test_smoke_table2(tmp_path):
     from minivae import io
     assert io.load_results(out / "results" / "ffg.h5", "iwae")[1]["split"] == "train"
     assert io.load_checkpoint(out / "models" / "ffg.h5")["config"].train_split == "train+valid"
-    # a rerun reuses the finished models and results
+    # a rerun reuses the finished models and results, and its report keeps their wall times
+    # (training: the checkpoint's per-epoch seconds; each stage: its seconds over every run)
+    def wall(text):
+        rows = text.split("## Wall time")[1].split("## Settings")[0].splitlines()
+        return {r.split(" | ")[0][2:]: float(r.split(" | ")[1].rstrip(" |")) for r in rows
+                if r.startswith("| ") and not r.startswith(("| stage", "| ---"))}
+    first = wall(report)
+    assert {"ffg: train", "ffg: iwae", "ffg: ais", "ffg: localopt_ffg", "flow: localopt_flow"} <= set(first)
+    assert all(v >= 0 for v in first.values()) and sum(first.values()) > 0
     result = CliRunner().invoke(cli.main, ["reproduce", "table2", "--budget", "smoke", "--out", str(out)])
     assert result.exit_code == 0 and "reusing" in result.output
+    assert wall((out / "report.md").read_text()) == first
 
 
 def test_only_runs_the_named_models_and_a_full_run_reuses_them(tmp_path):

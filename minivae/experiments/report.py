@@ -59,7 +59,7 @@ def write_report(experiment, dataset, budget, out, tables, timings, seed, figure
     if extra:
         text += [extra]
     text += ["## Wall time", "", "| stage | seconds |", "| --- | --- |"]
-    text += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    text += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     text += ["", "## Settings", "", "```json", json.dumps(settings, indent=1), "```", ""]
     os.makedirs(out, exist_ok=True)
     for name, content in (("report.md", "\n".join(text)), ("settings.json", json.dumps(settings, indent=1))):

@@ -1,7 +1,8 @@
 """The experiments' models: trained, resumed, or reused when finished; one after another, or all at
 once as tasks of a Dask client."""
 import os
-import time
+
+import numpy as np
 
 from .. import io, outputs, train
 from ..errors import MinivaeError
@@ -18,14 +19,18 @@ def train_or_reuse(path, cfg, x_train, x_valid, init=None, log=print):
                                    "pass another --out, or delete it to retrain")
             if state["epoch"] >= total_epochs(cfg):
                 log(f"reusing {path} ({state['epoch']} epochs)")
-                return state["params"], 0.0
+                return state["params"], _seconds(state)
             log(f"resuming {path} at epoch {state['epoch']}")
         else:
             state = None
-        t0 = time.perf_counter()
         xt = x_train[:cfg.train_size] if cfg.train_size else x_train
         state = train.train(cfg, xt, x_valid, path, state, init=init, progress=True, save_every=5)
-        return state["params"], time.perf_counter() - t0
+        return state["params"], _seconds(state)
+
+
+def _seconds(state):
+    """Wall seconds of a model's training over every run that made it (its per-epoch curve)."""
+    return float(np.sum(state["curves"].get("seconds", 0.0)))
 
 
 def _train_task(path, cfg, x_train, x_valid, init):
