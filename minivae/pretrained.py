@@ -36,22 +36,17 @@ def locate(ckpt):
     return str(path)
 
 
-def describe():
-    """One dict per shipped model: name, dataset, family, epochs, the last training bound and
-    validation ELBO, size in MB, and the provenance attributes."""
-    from . import io  # io resolves paper: names through this module
-    rows = []
-    for name in names():
-        ck = io.load_checkpoint(name)  # a damaged shipped file is one CheckpointError line
-        cfg, curves = ck["config"], ck["curves"]
-        row = dict(name=name, dataset=cfg.dataset, q=cfg.q, epochs=ck["epoch"],
-                   mb=round(Path(locate(name)).stat().st_size / 1e6, 1))
-        for k in ("train_bound", "valid_elbo"):
-            if len(curves.get(k, ())):
-                row[k] = round(float(curves[k][-1]), 2)
-        row.update(ck["provenance"])
-        rows.append(row)
-    return rows
+def describe(name, ck):
+    """One shipped model as a row: name, dataset, family, epochs, the last training bound and
+    validation ELBO, size in MB, and the provenance; ck is io.load_checkpoint(name)."""
+    cfg, curves = ck["config"], ck["curves"]
+    row = dict(name=name, dataset=cfg.dataset, q=cfg.q, epochs=ck["epoch"],
+               mb=round(Path(locate(name)).stat().st_size / 1e6, 1))
+    for k in ("train_bound", "valid_elbo"):
+        if len(curves.get(k, ())):
+            row[k] = round(float(curves[k][-1]), 2)
+    row.update(ck["provenance"])
+    return row
 
 
 def ship(ckpt, name, command, commit, log="", date=None):

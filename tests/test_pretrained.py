@@ -34,7 +34,7 @@ def test_a_shipped_model_is_float32_parameters_with_provenance(shelf):
         assert v.dtype == np.float32
         np.testing.assert_array_equal(v, shelf[k].astype(np.float32))
     np.testing.assert_array_equal(ck["curves"]["valid_elbo"], [-210.0, -160.25])
-    [row] = pretrained.describe()
+    [row] = [pretrained.describe(n, io.load_checkpoint(n)) for n in pretrained.names()]
     assert row["name"] == "paper:tiny" and row["commit"] == "abc1234" and row["valid_elbo"] == -160.25
     code, out = run_cli(["models"])
     assert code == 0
