@@ -173,7 +173,7 @@ def config_from_options(opts):
                   batch=opts["batch"], train_split=opts.get("train_split") or "train",
                   train_size=opts["train_size"] or 0, schedule=schedule,
                   epochs=opts["epochs"] if opts["epochs"] is not None else 3280, lr=opts["lr"],
-                  adam_eps=opts.get("adam_eps") or 1e-8,
+                  adam_eps=opts.get("adam_eps", Config.adam_eps),
                   warmup_epochs=warmup, seed=opts["seed"], dtype=opts["dtype"])
 
 
