@@ -8,6 +8,7 @@ i's noise comes from default_rng([seed, i, ...]) alone, the rerun gives the same
 Only this module imports Dask, and only `--workers`/`--scheduler` import this module.
 """
 import contextlib
+from concurrent.futures import CancelledError
 import os
 import sys
 
@@ -74,23 +75,48 @@ def _aligned(v):
     return v
 
 
+def _scatter(client, shared):
+    """The stage's shared inputs on every worker, under fresh keys: content-hashed or named keys
+    would be shared with the next stage's scatter, and this stage's release could then drop that
+    stage's data."""
+    return dict(zip(shared, client.scatter(list(shared.values()), broadcast=True, hash=False)))
+
+
 def _run(fn, index, shared):
     return fn(index, progress=None, **{k: _aligned(v) for k, v in shared.items()})
 
 
+RETRIES = 3   # resubmissions of one block whose task the cluster cancelled (a worker died)
+
+
 def runner(client):
     """A stages.run runner that sends each block to the cluster as one task and yields the
-    blocks as they finish; an interrupt cancels what is still queued."""
+    blocks as they finish; an interrupt cancels what is still queued. A block whose task the
+    scheduler cancels (its scattered inputs died with a worker) is sent again with the inputs
+    scattered anew, up to RETRIES times: blocks are seeded per datapoint, so nothing changes."""
     def run_blocks(fn, shared, work, progress):
         if not work:
             return
-        # once per stage, under fresh keys: content-hashed or named keys would be shared with the
-        # next stage's scatter, and this stage's release could then drop that stage's data
-        data = dict(zip(shared, client.scatter(list(shared.values()), broadcast=True, hash=False)))
+        data = _scatter(client, shared)
         futures = {client.submit(_run, fn, index, data, pure=False): index for index in work}
+        tries = {}
         try:
-            for future in as_completed(futures):
-                yield futures[future], future.result()
+            pending = as_completed(futures)
+            for future in pending:
+                index = futures.pop(future)
+                try:
+                    rows = future.result()
+                except CancelledError:
+                    key = int(index[0])
+                    tries[key] = tries.get(key, 0) + 1
+                    if tries[key] > RETRIES:
+                        raise
+                    data = _scatter(client, shared)
+                    again = client.submit(_run, fn, index, data, pure=False)
+                    futures[again] = index
+                    pending.add(again)
+                    continue
+                yield index, rows
         finally:
             client.cancel(list(futures))
     run_blocks.client = client

@@ -67,6 +67,39 @@ def test_a_killed_worker_changes_nothing(client, tmp_path):
     np.testing.assert_array_equal(got["index"], np.arange(6))
 
 
+def test_a_cancelled_block_is_sent_again(client, tmp_path, monkeypatch):
+    """The scheduler cancels a task whose scattered inputs died with a worker; the runner sends
+    the block again (here the driver cancels block 2's first task while it runs)."""
+    import threading
+    import time
+    from minivae import cluster
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=6)
+    s = {**LOCAL, "block": 2}
+    serial = localopt.run(params, cfg, x, "ffg", tmp_path / "s.h5", s, progress=False)
+    submit, sent = client.submit, []
+
+    def recording(fn, *args, **kw):
+        future = submit(fn, *args, **kw)
+        if int(args[1][0]) == 2:
+            sent.append(future)
+            if len(sent) == 1:
+                threading.Timer(0.5, client.cancel, [[future]]).start()
+        return future
+
+    monkeypatch.setattr(client, "submit", recording)
+
+    def slow(index, progress=None, **shared):
+        if index[0] == 2:
+            time.sleep(2)
+        return localopt.compute(index, **shared)
+
+    got = stages.run(tmp_path / "d.h5", "localopt_ffg", {"x": 1}, len(x), 2, slow,
+                     dict(params=params, cfg=cfg, x=x, q="ffg", s={**localopt.DEFAULTS, **s}),
+                     progress=False, runner=cluster.runner(client))
+    assert len(sent) == 2 and sent[0].cancelled()                            # sent, cancelled, sent again
+    np.testing.assert_array_equal(got["elbo"], serial["elbo"])
+
+
 def test_cli_gaps_with_workers_equals_the_serial_run(tiny_ckpt, tmp_path):
     args = ["gaps", tiny_ckpt, "--n", "4", "--k", "8", "--chains", "2", "--steps", "4", "--leapfrog", "1",
             "--block", "2", "--localopt-block", "2", "--qstar", "ffg", "--max-steps", "40",
