@@ -110,7 +110,7 @@ def common(f):
 @click.option("--q", "q", type=click.Choice(["ffg", "fullcov", "flow"]), default="ffg",
               help="posterior family")
 @click.option("--dataset", default="mnist",
-              help="mnist (embedded), mnist-idx, fashion (thresholded as the authors did), "
+              help="mnist (embedded), mnist-idx, mnist-gray (not binarized), fashion (thresholded as the authors did), "
                    "fashion-stochastic, cifar10 (conv model, latent 32, discretized "
                    "logistic likelihood, warm-up 20 epochs, 4 flow steps unless given)")
 @click.option("--arch", type=click.Choice(["mlp", "conv"]), default=None,

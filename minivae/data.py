@@ -4,6 +4,10 @@
 - "mnist": Larochelle & Murray's binarized MNIST, embedded in the package (50k/10k/10k).
 - "mnist-idx": LeCun's MNIST binarized here; train = first 50k of the 60k training images,
   valid = the last 10k, test = the 10k test images.
+- "mnist-gray": LeCun's MNIST not binarized, float32 intensity / 256 (the values of the
+  deeplearning.net `mnist.pkl`, which the authors' `loader.py` reads), the mnist-idx splits;
+  with the Bernoulli likelihood log p(x) is then minus a cross-entropy (an experiment on what
+  the authors' models were trained on, not a density of binary images).
 - "fashion": Fashion-MNIST as the authors binarized it (lxuechen/inference-suboptimality,
   `loader.py`): pixel = (intensity / 255 >= 0.5), i.e. intensity >= 128, deterministic;
   train = the first 55k training images, valid = the last 5k, test = t10k.
@@ -49,7 +53,7 @@ CIFAR_VALID_SIZE = 5000
 DOWNLOAD_TIMEOUT = 10  # seconds per connection attempt
 _CHUNK_ROWS = 10000  # binarize 10k rows at a time: 63 MB of float64 uniforms, not 376 MB
 EMBEDDED = Path(__file__).parent / "embedded"
-DATASETS = ("mnist", "mnist-idx", "fashion", "fashion-stochastic", "cifar10")
+DATASETS = ("mnist", "mnist-idx", "mnist-gray", "fashion", "fashion-stochastic", "cifar10")
 SPLITS = ("train", "valid", "test")
 
 CIFAR_DIR = "cifar-10-batches-py"
@@ -90,6 +94,7 @@ MIRRORS = {
 _MNIST_LIKE = dict(D=784, image_shape=(1, 28, 28), likelihood="bernoulli", binarized=True,
                    splits={"train": 50000, "valid": 10000, "test": 10000})
 _INFO = {"mnist": _MNIST_LIKE, "mnist-idx": _MNIST_LIKE, "fashion-stochastic": _MNIST_LIKE,
+         "mnist-gray": dict(_MNIST_LIKE, binarized=False),
          "fashion": dict(_MNIST_LIKE, splits={"train": 55000, "valid": 5000, "test": 10000}),
          "cifar10": dict(D=3072, image_shape=(3, 32, 32), likelihood="logistic", binarized=False,
                          splits={"train": 45000, "valid": 5000, "test": 10000})}
@@ -104,7 +109,8 @@ def info(name):
 
 
 def load(name, split, data_dir=None, allow_download=True, verify=True):
-    """One split of a dataset as uint8 (N, D): 0/1 for binarized sets, 0..255 for cifar10.
+    """One split of a dataset: uint8 (N, D), 0/1 for binarized sets, 0..255 for cifar10;
+    float32 intensity / 256 for mnist-gray.
 
     verify=False skips the md5 checks (tests, hand-made files); the format checks still run.
     """
@@ -113,11 +119,11 @@ def load(name, split, data_dir=None, allow_download=True, verify=True):
         return _load_amat(split, verify)
     if name == "cifar10":
         return _load_cifar(split, data_dir, allow_download, verify)
-    sub = "mnist" if name == "mnist-idx" else "fashion-mnist"
+    sub = "mnist" if name.startswith("mnist-") else "fashion-mnist"
     fname = "t10k-images-idx3-ubyte.gz" if split == "test" else "train-images-idx3-ubyte.gz"
     rel = f"{sub}/{fname}"
     images = read_idx(_locate((rel,), data_dir, allow_download), MD5[rel] if verify else None)
-    x = threshold(images) if name == "fashion" else binarize(images)
+    x = {"fashion": threshold, "mnist-gray": gray}.get(name, binarize)(images)
     if split == "test":
         return x
     if name != "fashion-stochastic":
@@ -150,6 +156,12 @@ def binarize(images, seed=BINARIZE_SEED):
         rows = slice(i, i + _CHUNK_ROWS)
         np.less(rng.random(x[rows].shape), x[rows] / 255.0, out=out[rows])
     return out
+
+
+def gray(images):
+    """Intensities as floats: (N, ...) uint8 -> (N, D) float32 k / 256, in [0, 255/256], as in the
+    deeplearning.net `mnist.pkl` (exact in float32)."""
+    return images.reshape(len(images), -1).astype(np.float32) * np.float32(1 / 256)
 
 
 def threshold(images):

@@ -154,6 +154,18 @@ def test_idx_sets(name, sub, mean, sizes):
     np.testing.assert_array_equal(x["valid"], full[valid_idx])
 
 
+@needs_data(*MNIST_IDX)
+def test_mnist_gray_is_the_pickles_values_on_the_idx_splits():
+    """mnist-gray: float32 intensity / 256 (deeplearning.net's mnist.pkl), rows as in mnist-idx."""
+    images = data.read_idx(DATA / "mnist" / "train-images-idx3-ubyte.gz").reshape(60000, 784)
+    train, valid = (data.load("mnist-gray", s, data_dir=DATA) for s in ("train", "valid"))
+    assert train.dtype == np.float32 and train.shape == (50000, 784) and valid.shape == (10000, 784)
+    np.testing.assert_array_equal(np.concatenate([train, valid]) * 256, images)
+    assert train.max() == np.float32(255 / 256) and not data.info("mnist-gray")["binarized"]
+    # the bits mnist-idx draws come from the same images, in the same order
+    assert abs(data.load("mnist-idx", "valid", data_dir=DATA).mean() - valid.mean() * 256 / 255) < 5e-3
+
+
 @needs_data(*FASHION)
 def test_a_checkpoint_of_minivae_0_1_keeps_its_fashion_data(tmp_path):
     """minivae 0.1's "fashion" was binarized stochastically: its checkpoints load as fashion-stochastic."""
