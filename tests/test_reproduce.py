@@ -206,9 +206,10 @@ def test_smoke_table2_on_two_workers_equals_the_serial_run(tmp_path):
 
 
 def test_the_report_lists_every_difference_from_the_authors_protocol():
-    from minivae.experiments.reproduce import protocol
+    from minivae.experiments.reproduce import QSTAR_DIFFERENCES, protocol
     paper = protocol("mnist", "train", 1000, "train+valid")
-    assert "first 1000 training datapoints" in paper and "none in the data protocol" in paper
+    assert "first 1000 training datapoints" in paper and "none in the data protocol" not in paper
+    assert "grey-level `mnist.pkl`" in paper and paper.count("\n- ") == 1 + len(QSTAR_DIFFERENCES)
     test = protocol("mnist", "test", 100, "train")
     assert "--split test" in test and "100 datapoints, not 1000" in test
     fashion = protocol("fashion", "train", 1000, "train")

@@ -86,6 +86,12 @@ def protocol(dataset, split, n, train_split):
         lines.append(f"- evaluated on the {split} split (`--split {split}`), not on training datapoints;")
     if n != (100 if dataset == "cifar10" else 1000):
         lines.append(f"- {n} datapoints, not {100 if dataset == 'cifar10' else 1000} (this budget's n);")
+    if dataset == "mnist":
+        lines.append("- the images, perhaps: minivae uses Larochelle's binarized MNIST, as the paper's text says; "
+                     "the authors' `loader.py` reads `datasets/mnist.pkl` as `mnist[0][0]`, the (images, labels) "
+                     "layout of deeplearning.net's grey-level `mnist.pkl` (binarized MNIST has no labels), so their "
+                     "models may have been trained on grey levels (`minivae train --dataset mnist-gray`; "
+                     "evidence in `docs/table2-mnist-paper.md`);")
     if dataset == "cifar10":
         lines.append("- the conv model has no batch norm and a 4x4 first decoder layer (README, CIFAR-10);")
     if lines[-1] == "Differences from the authors' code:":
