@@ -136,6 +136,20 @@ def test_bernoulli_grad_matches_reference(dtype, chains, want_ll):
         assert (l1 == 7).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bernoulli_grad_on_grey_levels(dtype):
+    """mnist-gray feeds targets k/256: the @njit kernel against the reference and densities."""
+    a, b, _ = bern_inputs(dtype)
+    x = (np.floor(256 * rng(3).random((5, a.shape[1]))) / 256).astype(dtype)
+    args = (a, b, x, 3, np.empty_like(a), np.empty(a.shape[0], dtype), True)
+    (*_, g0, l0, _), (*_, g1, l1, _) = both(bernoulli.bernoulli_grad, *args)
+    close(g1, g0, dtype)
+    close(l1, l0, dtype)
+    ll, grad = densities.bernoulli_logits(np.repeat(x.astype(np.float64), 3, axis=0), (a + b).astype(np.float64))
+    close(g0, grad.astype(dtype), dtype)
+    close(l0, ll.astype(dtype), dtype)
+
+
 def test_bernoulli_reference_is_densities():
     a, b, x = bern_inputs(np.float64)
     xr = np.repeat(x, 3, axis=0)

@@ -70,6 +70,17 @@ def test_bernoulli_logits_value_gradient_and_stability():
     assert np.isfinite(ll).all() and np.isclose(ll[0], -1e4)
 
 
+def test_bernoulli_logits_on_grey_levels():
+    """mnist-gray: targets in [0, 1), the log-likelihood a cross-entropy; value and FD gradient."""
+    r = rng()
+    x = np.floor(256 * r.random((3, 6))) / 256
+    a = 3 * r.standard_normal((3, 6))
+    ll, g = densities.bernoulli_logits(x, a)
+    p = 1 / (1 + np.exp(-a))
+    np.testing.assert_allclose(ll, (x * np.log(p) + (1 - x) * np.log(1 - p)).sum(-1), rtol=1e-12)
+    check_grads(lambda q: float(densities.bernoulli_logits(x, q["a"])[0].sum()), {"a": a}, {"a": g})
+
+
 def test_gaussian_lik_and_diag_normal():
     r = rng()
     x, m = r.standard_normal((2, 4)), r.standard_normal((2, 4))
