@@ -214,3 +214,14 @@ def test_the_report_lists_every_difference_from_the_authors_protocol():
     assert "--split test" in test and "100 datapoints, not 1000" in test
     fashion = protocol("fashion", "train", 1000, "train")
     assert "(intensity / 255 >= 0.5)" in fashion and "none in the data protocol" in fashion
+    gray = protocol("mnist-gray", "train", 1000, "train+valid")   # what the authors' loader reads
+    assert "grey levels" in gray and "Larochelle's binarized MNIST (`--dataset mnist`)" in gray
+    assert "training and validation images together" in gray and gray.count("\n- ") == 1 + len(QSTAR_DIFFERENCES)
+
+
+def test_the_grey_level_table_trains_what_the_authors_trained():
+    """`reproduce --dataset mnist-gray`: the authors' 60 000 images, grey levels, their schedule."""
+    from minivae.experiments.budgets import model_config
+    cfg = model_config("mnist-gray", "paper", dict(q="ffg"), 0, "table2")
+    assert (cfg.dataset, cfg.likelihood, cfg.train_split) == ("mnist-gray", "bernoulli", "train+valid")
+    assert (cfg.schedule, cfg.epochs, cfg.warmup_epochs) == ("burda", 3280, 400)
