@@ -48,6 +48,8 @@ def test_report_table_puts_ours_beside_the_papers():
     assert "| log p^(x) | -90.00 ± 0.50 | -89.80 |" in text
     assert "| Approximation | 1.20 ± 0.10 | 1.43 |" in text and "L_AIS" not in text
     assert "no numbers" in table_markdown("table4", "mnist", {"base": ("ffg", rows)})
+    gray = table_markdown("table2", "mnist-gray", {"ffg": ("ffg", rows)})   # beside the paper's MNIST
+    assert "| log p^(x) | -90.00 ± 0.50 | -89.80 |" in gray and "no numbers" not in gray
 
 
 def test_every_experiment_names_models_and_budgets_are_complete():
