@@ -9,9 +9,9 @@ from minivae.model import model
 from minivae.model.config import Config
 from minivae.model.optim import adam_init
 
-# models the package must carry (issue 15); mnist-flow joins when trained. mnist-gray-ffg reads
+# models the package must carry (issue 15). mnist-gray-ffg reads
 # LeCun's idx files (not embedded): a machine without them skips its gaps runs, saying so.
-SHIPPED = ("mnist-ffg", "mnist-gray-ffg")
+SHIPPED = ("mnist-ffg", "mnist-flow", "mnist-gray-ffg")
 ON_DATA = [pytest.param(name, marks=needs_data(*[rel for rel in data.MD5 if rel.startswith("mnist/")]))
            if name.startswith("mnist-gray") else name for name in SHIPPED]
 
