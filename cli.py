@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from minivae.errors import MinivaeError, Terminated, clear_interrupt, on_signal
+from minivae.errors import MinivaeError, Terminated, clear_interrupt, on_signal, quiet_dropped_interrupts
 from minivae.threads import THREAD_VARS
 
 
@@ -20,6 +20,7 @@ class Group(click.Group):
             previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         except ValueError:                                          # not the main thread
             previous = {}
+        hook, sys.unraisablehook = sys.unraisablehook, quiet_dropped_interrupts
         try:
             return super().invoke(ctx)
         except (MinivaeError, click.BadParameter) as e:
@@ -33,6 +34,7 @@ class Group(click.Group):
             ctx.exit(143 if isinstance(e, Terminated) else 130)
         finally:
             clear_interrupt()
+            sys.unraisablehook = hook
             for s, handler in previous.items():
                 signal.signal(s, handler)
 

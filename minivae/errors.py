@@ -4,6 +4,7 @@ The CLI catches `MinivaeError` and prints its message without a traceback; anyth
 else is a bug and keeps its traceback.
 """
 import signal
+import sys
 
 
 class MinivaeError(Exception):
@@ -36,6 +37,15 @@ def on_signal(signum, frame):
     which once let a Ctrl-C be swallowed; check_interrupt() raises it again at the next safe point."""
     _pending.append(signum)
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def quiet_dropped_interrupts(unraisable, default=sys.__unraisablehook__):
+    """sys.unraisablehook while on_signal is installed: the interrupt that on_signal raised inside a
+    weakref callback or __del__ is not printed (as "Exception ignored ... Traceback"): it is
+    pending, and check_interrupt() raises it at the next safe point. Anything else: the default."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _pending:
+        return
+    default(unraisable)
 
 
 def check_interrupt():
