@@ -1,5 +1,6 @@
 """`minivae`: the command line. It only parses options, then calls minivae.commands (imported
 inside each command, after --threads has sized the thread pools)."""
+import functools
 import math
 import os
 import signal
@@ -20,7 +21,8 @@ class Group(click.Group):
             previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         except ValueError:                                          # not the main thread
             previous = {}
-        hook, sys.unraisablehook = sys.unraisablehook, quiet_dropped_interrupts
+        hook = sys.unraisablehook
+        sys.unraisablehook = functools.partial(quiet_dropped_interrupts, default=hook)
         try:
             return super().invoke(ctx)
         except (MinivaeError, click.BadParameter) as e:

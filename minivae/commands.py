@@ -83,10 +83,8 @@ def train(opts, given=None):
             cfg = cfg.replace(data_dim=x_train.shape[1])
             state = training.train(cfg, x_train, x_valid, out, state, xp, opts["save_every"],
                                    impl=opts.get("impl", "auto"))
-        except KeyboardInterrupt as e:                 # the same type: SIGTERM stays SIGTERM
-            done = training.saved_epoch(out)
-            saved = f"{out} holds {done} finished epochs" if done else "no epoch was saved yet"
-            raise type(e)(f"{saved}; the same command run again continues from epoch {done + 1}") from None
+        except KeyboardInterrupt as e:
+            raise training.interrupted(e, out) from None
     x_test = data.load(cfg.dataset, "test", opts["data_dir"])
     test = training.evaluate_elbo(state["params"], cfg, x_test, seed=[cfg.seed, 10**6], xp=xp)
     print(f"done: {state['epoch']} epochs, test ELBO {test.mean():.3f} "

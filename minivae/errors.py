@@ -42,7 +42,8 @@ def on_signal(signum, frame):
 def quiet_dropped_interrupts(unraisable, default=sys.__unraisablehook__):
     """sys.unraisablehook while on_signal is installed: the interrupt that on_signal raised inside a
     weakref callback or __del__ is not printed (as "Exception ignored ... Traceback"): it is
-    pending, and check_interrupt() raises it at the next safe point. Anything else: the default."""
+    pending, and check_interrupt() raises it at the next safe point. Anything else: `default`
+    (the CLI passes the hook it replaced)."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt) and _pending:
         return
     default(unraisable)

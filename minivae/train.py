@@ -219,6 +219,13 @@ def saved_epoch(path):
     return io.load_checkpoint(path)["epoch"] if os.path.exists(path) else 0
 
 
+def interrupted(e, path):
+    """The interrupt `e` (SIGTERM stays SIGTERM) of a run training `path`, saying where it resumes."""
+    done = saved_epoch(path)
+    saved = f"{path} holds {done} finished epochs" if done else f"no epoch of {path} was saved yet"
+    return type(e)(f"{saved}; the same command run again continues from epoch {done + 1}")
+
+
 def training_data(cfg, data_dir=None):
     """(x_train, x_valid) as cfg asks: the train split, or train and valid together (the authors'
     code; the validation ELBO is then measured on images trained on), cut to cfg.train_size."""

@@ -19,6 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / os.environ["MINIVAE_DATA"]  # relative to the repo, as .ci/run sets it; absolute wins
 
 
+def dataset_files(prefix):
+    """The checksummed dataset files under $MINIVAE_DATA/prefix (e.g. "mnist/": LeCun's 4 idx files)."""
+    from minivae import data
+    return [rel for rel in data.MD5 if rel.startswith(prefix)]
+
+
 def needs_data(*rels):
     """Mark a test that reads the dataset files `rels` (paths under $MINIVAE_DATA): a fresh
     machine without them skips it, naming what is absent, rather than failing it."""

@@ -26,11 +26,11 @@ import pytest
 from minivae import data
 from minivae.errors import DataError
 
-from conftest import DATA, cifar_batch, needs_data, write_cifar_tar
+from conftest import DATA, cifar_batch, dataset_files, needs_data, write_cifar_tar
 
 T10K = "t10k-images-idx3-ubyte.gz"
-MNIST_IDX = [rel for rel in data.MD5 if rel.startswith("mnist/")]          # the 4 idx files
-FASHION = [rel for rel in data.MD5 if rel.startswith("fashion-mnist/")]
+MNIST_IDX = dataset_files("mnist/")          # the 4 idx files
+FASHION = dataset_files("fashion-mnist/")
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import needs_data, run_cli
-from minivae import data, io, pretrained
+from conftest import dataset_files, needs_data, run_cli
+from minivae import io, pretrained
 from minivae.model import model
 from minivae.model.config import Config
 from minivae.model.optim import adam_init
@@ -12,7 +12,7 @@ from minivae.model.optim import adam_init
 # models the package must carry (issue 15). mnist-gray-ffg reads
 # LeCun's idx files (not embedded): a machine without them skips its gaps runs, saying so.
 SHIPPED = ("mnist-ffg", "mnist-flow", "mnist-gray-ffg")
-ON_DATA = [pytest.param(name, marks=needs_data(*[rel for rel in data.MD5 if rel.startswith("mnist/")]))
+ON_DATA = [pytest.param(name, marks=needs_data(*dataset_files("mnist/")))
            if name.startswith("mnist-gray") else name for name in SHIPPED]
 
 

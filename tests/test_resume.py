@@ -84,6 +84,15 @@ def test_interrupted_run_rerun_continues_and_equals_an_uninterrupted_one(finishe
     assert not [p for p in os.listdir(tmp_path) if p != "m.h5"], "no lock or temp files left"
 
 
+def test_an_interrupted_reproduce_says_which_model_and_epoch_it_continues_from(tmp_path, monkeypatch):
+    """reproduce trains its models through the same loop: the interrupt names the checkpoint and
+    the epoch a rerun continues from, not only "finished blocks are saved"."""
+    interrupt_at(monkeypatch, 0)
+    code, text = run_cli(["reproduce", "table2", "--budget", "smoke", "--out", str(tmp_path / "r")])
+    assert code == 130, text
+    assert f"no epoch of {tmp_path / 'r' / 'models'}" in text and "continues from epoch 1" in text
+
+
 def test_sigterm_stops_training_like_ctrl_c(tmp_path, monkeypatch):
     def unhandled(signum, frame):
         raise RuntimeError("SIGTERM reached the test's handler: the CLI did not handle it")

@@ -24,7 +24,10 @@ def train_or_reuse(path, cfg, x_train, x_valid, init=None, log=print):
         else:
             state = None
         xt = x_train[:cfg.train_size] if cfg.train_size else x_train
-        state = train.train(cfg, xt, x_valid, path, state, init=init, progress=True, save_every=5)
+        try:
+            state = train.train(cfg, xt, x_valid, path, state, init=init, progress=True, save_every=5)
+        except KeyboardInterrupt as e:                  # say which epoch the rerun continues from
+            raise train.interrupted(e, path) from None
         return state["params"], _seconds(state)
 
 
