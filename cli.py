@@ -348,6 +348,18 @@ def reproduce(experiment, dataset, budget, out, seed, split, only, workers, sche
     commands.reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler, only)
 
 
+@main.command()
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("--format", "format", type=click.Choice(["table", "markdown", "json", "csv"]), default="table")
+@click.option("--trained", type=click.Choice(["ffg", "flow", "fullcov"]), default=None,
+              help="the family the model was trained with [default: the file's iwae stage's]")
+def summary(results, format, trained):
+    """The gap table of a results file as it stands, while its run goes on or after it stopped:
+    over the datapoints that every stage there (iwae, ais, localopt_<q>) holds so far."""
+    from minivae import commands
+    commands.summary(results, format, trained)
+
+
 # -- bring your own VAE (issue 16): import weights trained elsewhere, export a model -----------
 @main.command("import")
 @click.argument("weights", type=str)

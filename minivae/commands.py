@@ -186,6 +186,20 @@ def gaps(opts):
                   f"datapoints; the others stopped at --max-steps {opts['max_steps']}")
 
 
+def summary(path, fmt, trained=None):
+    """`minivae summary`: the gap table of a results file as it stands, over the datapoints every
+    stage there holds; what each stage holds on stderr."""
+    results, q, held, converged, meta = gap.stored(path, trained)
+    rows = gap.gap_table(results, q)
+    print(gap.format_rows(rows, fmt, q, meta))
+    n = max(r["n"] for r in rows)
+    _note(f"note: over the {n} datapoints every stage holds ("
+          + ", ".join(f"{s} {k}" for s, k in held.items()) + ")")
+    for s, k in converged.items():
+        if k < n:
+            _note(f"note: q*_{s[len('localopt_'):]} converged by the stopping rule for {k}/{n} of them")
+
+
 def reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler, only=""):
     """`minivae reproduce`: one of the paper's experiments, its report in OUT/report.md."""
     names = [name.strip() for name in only.split(",") if name.strip()]

@@ -173,3 +173,59 @@ def test_collect_applies_per_family_localopt_settings(monkeypatch):
                  localopt_settings=dict(samples=100, max_steps=50, flow=dict(samples=20)))
     assert seen["ffg"] == dict(samples=100, max_steps=50, seed=3)
     assert seen["flow"] == dict(samples=20, max_steps=50, seed=3)
+
+
+def _stage(path, stage, index, attrs=None, **arrays):
+    meta = {**dict(checkpoint="abc", split="train", dataset="mnist"), **(attrs or {})}
+    io.save_results(path, stage, {"index": np.asarray(index), **arrays}, meta)
+
+
+def test_cli_summary_of_a_run_in_progress(tmp_path):
+    """The table over the datapoints every stage holds: iwae and ais hold 6, q*_FFG the 3 it has
+    finished (stored out of order); the same numbers as gap_table on those 3."""
+    rng = np.random.default_rng(0)
+    out = tmp_path / "r.h5"
+    elbo, iw, est, qs = (rng.normal(-90, 2, 6) for _ in range(4))
+    _stage(out, "iwae", np.arange(6), dict(q="ffg"), elbo=elbo, iwae=iw)
+    _stage(out, "ais", np.arange(6), estimate=est)
+    _stage(out, "localopt_ffg", [4, 1, 2], elbo=qs[[4, 1, 2]], converged=np.array([1, 0, 1], bool))
+    res = invoke("summary", out, "--format", "json")
+    assert res.exit_code == 0, res.output + res.stderr
+    doc = json.loads(res.stdout)
+    keep = [1, 2, 4]
+    want = by_key(gaps.gap_table(dict(elbo=elbo[keep], iwae=iw[keep], ais=est[keep],
+                                      qstar_ffg=qs[keep]), "ffg"))
+    rows = by_key(doc["rows"])
+    assert doc["n"] == 3 and doc["split"] == "train" and doc["trained_q"] == "ffg"
+    for k, r in want.items():
+        assert rows[k]["mean"] == (None if r["mean"] is None else pytest.approx(r["mean"], abs=1e-12)), k
+    assert "iwae 6, ais 6, localopt_ffg 3" in res.stderr
+    assert "q*_ffg converged by the stopping rule for 2/3" in res.stderr
+    # --trained picks the column; a flow column without q*_Flow has no gaps
+    res = invoke("summary", out, "--format", "json", "--trained", "flow")
+    assert by_key(json.loads(res.stdout)["rows"])["approximation"]["mean"] is None
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "does not exist or holds no stage"),
+    ("mixed", "made from different checkpoints"),
+    ("no-iwae", "pass --trained"),
+    ("disjoint", "no datapoint"),
+    ("not-hdf5", "not a readable HDF5 file"),
+])
+def test_cli_summary_bad_input(tmp_path, case, message):
+    out = tmp_path / "r.h5"
+    one = dict(elbo=np.zeros(2), converged=np.ones(2, bool))
+    if case == "mixed":
+        _stage(out, "iwae", [0, 1], dict(q="ffg"), elbo=np.zeros(2), iwae=np.zeros(2))
+        _stage(out, "localopt_ffg", [0, 1], dict(checkpoint="other"), **one)
+    elif case == "no-iwae":
+        _stage(out, "localopt_ffg", [0, 1], **one)
+    elif case == "disjoint":
+        _stage(out, "iwae", [0, 1], dict(q="ffg"), elbo=np.zeros(2), iwae=np.zeros(2))
+        _stage(out, "localopt_ffg", [2, 3], **one)
+    elif case == "not-hdf5":
+        out.write_text("not a results file")
+    res = invoke("summary", out)
+    assert res.exit_code == 2 and message in res.stderr and res.stderr.count("Error:") == 1
+    assert "Traceback" not in res.stderr + res.stdout

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .. import io, outputs
+from ..errors import MinivaeError
 from . import ais, iwae, localopt
 
 LABELS = dict(logp="log p^(x)", qstar_flow="L_VAE[q*_Flow]", qstar_ffg="L_VAE[q*_FFG]",
@@ -118,3 +119,43 @@ def collect(params, cfg, x, out, k=5000, chunk=10000, ais_settings=None, ais_blo
             s = {**base, **(localopt_settings or {}).get(q, {}), "seed": seed}
             r[f"qstar_{q}"] = localopt.run(params, cfg, x, q, out, s, meta, progress, runner=runner)["elbo"]
     return r
+
+
+# a results file's stages -> gap_table's keys: (stage, its per-datapoint array, key)
+_STORED = [("iwae", "elbo", "elbo"), ("iwae", "iwae", "iwae"), ("ais", "estimate", "ais")] + [
+    (f"localopt_{q}", "elbo", f"qstar_{q}") for q in ("ffg", "flow", "fullcov")]
+
+
+def stored(path, trained_q=None):
+    """The bounds results file `path` holds so far, for a table while its run goes on (or after
+    it stopped): over the datapoints that every stage there holds. Returns (gap_table's input,
+    the trained family (the iwae stage's, unless trained_q), {stage: datapoints held},
+    {stage: q* converged among the table's datapoints}, dict(split, dataset))."""
+    if not io.stage_seconds(path):
+        raise MinivaeError(f"{path} does not exist or holds no stage: pass the --out of a "
+                           "gaps, iwae, ais or localopt run")
+    found = {s: io.load_results(path, s) for s in dict.fromkeys(s for s, _, _ in _STORED)}
+    found = {s: r for s, r in found.items() if r is not None and len(r[0].get("index", ()))}
+    if not found:
+        raise MinivaeError(f"{path} holds none of the stages iwae, ais, localopt_<q> yet")
+    for what in ("checkpoint", "split", "dataset"):
+        seen = {str(attrs.get(what)) for _, attrs in found.values()}
+        if len(seen) > 1:
+            raise MinivaeError(f"the stages of {path} were made from different {what}s "
+                               f"({', '.join(sorted(seen))}): a table needs one")
+    if trained_q is None:
+        if "iwae" not in found:
+            raise MinivaeError(f"{path} has no iwae stage to say which family the model was "
+                               "trained with: pass --trained")
+        trained_q = str(found["iwae"][1]["q"])
+    index = sorted(set.intersection(*(set(a["index"].tolist()) for a, _ in found.values())))
+    if not index:
+        raise MinivaeError(f"no datapoint of {path} is held by every stage yet")
+    at = {s: {int(i): j for j, i in enumerate(a["index"])} for s, (a, _) in found.items()}
+    rows = {s: [at[s][i] for i in index] for s in found}
+    results = {key: found[s][0][name][rows[s]] for s, name, key in _STORED if s in found}
+    converged = {s: int(found[s][0]["converged"][rows[s]].sum()) for s in found
+                 if s.startswith("localopt_")}
+    attrs = next(iter(found.values()))[1]
+    return (results, trained_q, {s: len(a["index"]) for s, (a, _) in found.items()}, converged,
+            dict(split=str(attrs.get("split")), dataset=str(attrs.get("dataset"))))
