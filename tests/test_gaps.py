@@ -173,6 +173,10 @@ def test_collect_applies_per_family_localopt_settings(monkeypatch):
                  localopt_settings=dict(samples=100, max_steps=50, flow=dict(samples=20)))
     assert seen["ffg"] == dict(samples=100, max_steps=50, seed=3)
     assert seen["flow"] == dict(samples=20, max_steps=50, seed=3)
+    # a Flow model's q*_Flow runs before the extra q*_FFG row, whatever order is asked
+    seen.clear()
+    gaps.collect({}, Config(q="flow"), np.zeros((2, 3)), "unused.h5", qstar=("ffg", "flow"))
+    assert list(seen) == ["flow", "ffg"]
 
 
 def _stage(path, stage, index, attrs=None, **arrays):

@@ -103,7 +103,9 @@ def format_rows(rows, fmt="table", trained_q="ffg", meta=None):
 def collect(params, cfg, x, out, k=5000, chunk=10000, ais_settings=None, ais_block=10,
             qstar=("ffg", "flow"), localopt_settings=None, seed=0, meta=None, progress=True, runner=None):
     """Run, or reuse from results file `out`, every bound of the gap table for the rows of x:
-    returns gap_table's input {elbo, iwae, ais (absent if ais_settings is None), qstar_<q>}."""
+    returns gap_table's input {elbo, iwae, ais (absent if ais_settings is None), qstar_<q>}.
+    q* of the trained family runs first (the gaps need it; the others are extra rows), so a long
+    run that is stopped early has its gaps first."""
     r = {}
     with outputs.claim(out, io.RESULTS_KIND):          # one writer for all the stages
         if cfg.encoder:                                  # an imported decoder alone has no L[q]
@@ -114,7 +116,7 @@ def collect(params, cfg, x, out, k=5000, chunk=10000, ais_settings=None, ais_blo
                                runner=runner)["estimate"]
         families = ("ffg", "flow", "fullcov")
         base = {k: v for k, v in (localopt_settings or {}).items() if k not in families}
-        for q in qstar:
+        for q in sorted(qstar, key=lambda q: q != cfg.q):     # the gaps' own q* first
             # per-family overrides, e.g. {"flow": {"samples": 20}}: the flow's q* costs far more
             s = {**base, **(localopt_settings or {}).get(q, {}), "seed": seed}
             r[f"qstar_{q}"] = localopt.run(params, cfg, x, q, out, s, meta, progress, runner=runner)["elbo"]
