@@ -216,6 +216,7 @@ def test_cli_summary_of_a_run_in_progress(tmp_path):
     ("no-iwae", "pass --trained"),
     ("disjoint", "no datapoint"),
     ("not-hdf5", "not a readable HDF5 file"),
+    ("damaged", "lacks its 'converged' array"),
 ])
 def test_cli_summary_bad_input(tmp_path, case, message):
     out = tmp_path / "r.h5"
@@ -225,6 +226,9 @@ def test_cli_summary_bad_input(tmp_path, case, message):
         _stage(out, "localopt_ffg", [0, 1], dict(checkpoint="other"), **one)
     elif case == "no-iwae":
         _stage(out, "localopt_ffg", [0, 1], **one)
+    elif case == "damaged":
+        _stage(out, "iwae", [0, 1], dict(q="ffg"), elbo=np.zeros(2), iwae=np.zeros(2))
+        _stage(out, "localopt_ffg", [0, 1], elbo=np.zeros(2))
     elif case == "disjoint":
         _stage(out, "iwae", [0, 1], dict(q="ffg"), elbo=np.zeros(2), iwae=np.zeros(2))
         _stage(out, "localopt_ffg", [2, 3], **one)

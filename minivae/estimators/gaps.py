@@ -146,18 +146,23 @@ def stored(path, trained_q=None):
             raise MinivaeError(f"the stages of {path} were made from different {what}s "
                                f"({', '.join(sorted(seen))}): a table needs one")
     if trained_q is None:
-        if "iwae" not in found:
-            raise MinivaeError(f"{path} has no iwae stage to say which family the model was "
+        trained_q = found.get("iwae", ({}, {}))[1].get("q")
+        if trained_q is None:
+            raise MinivaeError(f"{path} has no iwae stage that says which family the model was "
                                "trained with: pass --trained")
-        trained_q = str(found["iwae"][1]["q"])
+        trained_q = str(trained_q)
     index = sorted(set.intersection(*(set(a["index"].tolist()) for a, _ in found.values())))
     if not index:
         raise MinivaeError(f"no datapoint of {path} is held by every stage yet")
     at = {s: {int(i): j for j, i in enumerate(a["index"])} for s, (a, _) in found.items()}
     rows = {s: [at[s][i] for i in index] for s in found}
-    results = {key: found[s][0][name][rows[s]] for s, name, key in _STORED if s in found}
-    converged = {s: int(found[s][0]["converged"][rows[s]].sum()) for s in found
-                 if s.startswith("localopt_")}
+    try:
+        results = {key: found[s][0][name][rows[s]] for s, name, key in _STORED if s in found}
+        converged = {s: int(found[s][0]["converged"][rows[s]].sum()) for s in found
+                     if s.startswith("localopt_")}
+    except KeyError as e:
+        raise MinivaeError(f"a stage of {path} lacks its {e} array (damaged, or not written by "
+                           "minivae): rerun that stage into another --out")
     attrs = next(iter(found.values()))[1]
     return (results, trained_q, {s: len(a["index"]) for s, (a, _) in found.items()}, converged,
             dict(split=str(attrs.get("split")), dataset=str(attrs.get("dataset"))))
