@@ -11,7 +11,7 @@ from minivae.model.optim import adam_init
 
 # models the package must carry (issue 15). mnist-gray-ffg reads
 # LeCun's idx files (not embedded): a machine without them skips its gaps runs, saying so.
-SHIPPED = ("mnist-ffg", "mnist-flow", "mnist-gray-ffg")
+SHIPPED = ("mnist-ffg", "mnist-flow", "mnist-gray-ffg", "mnist-gray-flow")
 ON_DATA = [pytest.param(name, marks=needs_data(*dataset_files("mnist/")))
            if name.startswith("mnist-gray") else name for name in SHIPPED]
 
