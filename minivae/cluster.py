@@ -9,6 +9,7 @@ Only this module imports Dask, and only `--workers`/`--scheduler` import this mo
 """
 import contextlib
 from concurrent.futures import CancelledError
+import logging
 import os
 import sys
 
@@ -47,8 +48,11 @@ def connect(workers=None, scheduler=None, quiet=False):
             client = Client(scheduler, timeout="20s")
         else:
             with _single_threaded_children():
+                # errors only: a stopped run's cancelled tasks and killed workers are expected,
+                # and Dask's warnings about them print its own source paths
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None if quiet else ":0")
+                                       dashboard_address=None if quiet else ":0",
+                                       silence_logs=logging.ERROR)
             client = Client(cluster)
     except (OSError, TimeoutError) as e:
         raise MinivaeError(f"cannot reach the Dask scheduler {scheduler or '(local)'}: {e}") from None

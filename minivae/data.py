@@ -267,7 +267,7 @@ def _locate(rels, data_dir, allow_download):
         for rel in rels:
             if (root / rel).exists():
                 return root / rel
-    where = ", ".join(f"{label} {root}" for label, root in roots)
+    where = ", ".join(f"{label} {_shown(root)}" for label, root in roots)
     if not allow_download or os.environ.get("MINIVAE_OFFLINE", "") not in ("", "0"):
         why = "downloads disabled (allow_download=False or MINIVAE_OFFLINE=1)"
     else:
@@ -278,6 +278,14 @@ def _locate(rels, data_dir, allow_download):
         why = "download failed (" + "; ".join(failures) + ")"
     raise DataError(f"missing {' or '.join(rels)}: looked in {where}; {why}; "
                     "place the file there or pass --data-dir")
+
+
+def _shown(path):
+    """path for a message: ~/... under the home folder (the same on every machine), else as given."""
+    try:
+        return "~/" + Path(path).relative_to(Path.home()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _download(rel, dest):

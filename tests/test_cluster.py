@@ -126,3 +126,23 @@ def test_the_in_process_path_imports_nothing_of_dask(tiny_ckpt, tmp_path):
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert res.stdout.strip().endswith("CLEAN"), res.stdout + res.stderr
+
+
+def test_a_run_stopped_mid_block_prints_no_dask_warnings(tmp_path):
+    """Closing the cluster under running tasks (a stopped run) is expected: Dask's warnings about
+    the cancelled tasks and killed workers, which name its source files, stay out of the log."""
+    import subprocess
+    script = ("import time\n"
+              "from minivae import cluster\n"
+              "def slow():\n"
+              "    import time; time.sleep(60)\n"
+              "if __name__ == '__main__':\n"
+              "    with cluster.connect(workers=2, quiet=True) as c:\n"
+              "        futures = [c.submit(slow, pure=False) for _ in range(2)]\n"
+              "        time.sleep(3)\n"
+              "    print('CLOSED')\n")
+    (tmp_path / "stop.py").write_text(script)
+    res = subprocess.run([sys.executable, str(tmp_path / "stop.py")], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
+    assert res.stdout.strip() == "CLOSED", res.stdout + res.stderr
+    assert "WARNING" not in res.stderr and "site-packages" not in res.stderr, res.stderr

@@ -199,6 +199,17 @@ def test_missing_file_names_it_and_where_it_looked(tmp_path, monkeypatch):
     assert "downloads disabled" in msg
 
 
+def test_a_place_under_home_is_named_from_home(tmp_path, monkeypatch):
+    """The message (and so any log that keeps it) names no machine's home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.delenv("MINIVAE_DATA", raising=False)
+    with pytest.raises(DataError) as e:
+        data.load("mnist-idx", "test")
+    msg = str(e.value)
+    assert "looked in cache ~/.cache/minivae;" in msg and str(tmp_path) not in msg
+
+
 @needs_data(f"mnist/{T10K}")
 def test_env_data_dir_and_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIVAE_DATA", str(DATA))
