@@ -9,7 +9,7 @@ from minivae.model import model
 from minivae.model.config import Config
 from minivae.model.optim import adam_init
 
-# models the package must carry (issue 15). mnist-gray-ffg reads
+# models the package must carry (issue 15). The mnist-gray models read
 # LeCun's idx files (not embedded): a machine without them skips its gaps runs, saying so.
 SHIPPED = ("mnist-ffg", "mnist-flow", "mnist-gray-ffg", "mnist-gray-flow")
 ON_DATA = [pytest.param(name, marks=needs_data(*dataset_files("mnist/")))
