@@ -51,7 +51,7 @@ def connect(workers=None, scheduler=None, quiet=False):
                 # errors only: a stopped run's cancelled tasks and killed workers are expected,
                 # and Dask's warnings about them print its own source paths
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None if quiet else ":0",
+                                       dashboard_address=":0",   # a free port: None means 8787
                                        silence_logs=logging.ERROR)
             client = Client(cluster)
     except (OSError, TimeoutError) as e:
