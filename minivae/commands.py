@@ -102,6 +102,10 @@ def localopt(opts):
     print(f"localopt {opts['q']}: n={len(e['elbo'])}  mean L_VAE[q*_{opts['q']}]={e['elbo'].mean():.4f}"
           f"{se}  converged {int(e['converged'].sum())}/{len(e['elbo'])}, median "
           f"{int(np.median(e['steps']))} steps -> {opts['out']} [localopt_{opts['q']}]")
+    settings = {**local.DEFAULTS, **_localopt_settings(opts)}
+    note = local.stop_note(opts["q"], e["converged"], e["steps"], settings)
+    if note:
+        _note(note)
 
 
 def sample(opts):
@@ -180,24 +184,24 @@ def gaps(opts):
     rows = gap.gap_table(results, cfg.q)
     print(gap.format_rows(rows, opts["format"], cfg.q, dict(split=opts["split"], dataset=cfg.dataset)))
     for q in qstar:                              # on stderr: stdout stays parseable
-        done = io.load_results(opts["out"], f"localopt_{q}")[0]["converged"][:len(x)]
-        if not done.all():
-            _note(f"note: q*_{q} converged by the stopping rule for {int(done.sum())}/{len(done)} "
-                  f"datapoints; the others stopped at --max-steps {opts['max_steps']}")
+        arrays, attrs = io.load_results(opts["out"], f"localopt_{q}")
+        keep = arrays["index"] < len(x)
+        note = local.stop_note(q, arrays["converged"][keep], arrays["steps"][keep], attrs)
+        if note:
+            _note(note)
 
 
 def summary(path, fmt, trained=None):
     """`minivae summary`: the gap table of a results file as it stands, over the datapoints every
     stage there holds; what each stage holds on stderr."""
-    results, q, held, converged, meta = gap.stored(path, trained)
+    results, q, held, stops, meta = gap.stored(path, trained)
     rows = gap.gap_table(results, q)
     print(gap.format_rows(rows, fmt, q, meta))
     n = max(r["n"] for r in rows)
     _note(f"note: over the {n} datapoints every stage holds ("
           + ", ".join(f"{s} {k}" for s, k in held.items()) + ")")
-    for s, k in converged.items():
-        if k < n:
-            _note(f"note: q*_{s[len('localopt_'):]} converged by the stopping rule for {k}/{n} of them")
+    for line in stops:
+        _note(line)
 
 
 def reproduce(experiment, dataset, budget, out, seed, split, workers, scheduler, only=""):

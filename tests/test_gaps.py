@@ -192,7 +192,8 @@ def test_cli_summary_of_a_run_in_progress(tmp_path):
     elbo, iw, est, qs = (rng.normal(-90, 2, 6) for _ in range(4))
     _stage(out, "iwae", np.arange(6), dict(q="ffg"), elbo=elbo, iwae=iw)
     _stage(out, "ais", np.arange(6), estimate=est)
-    _stage(out, "localopt_ffg", [4, 1, 2], elbo=qs[[4, 1, 2]], converged=np.array([1, 0, 1], bool))
+    _stage(out, "localopt_ffg", [4, 1, 2], dict(max_steps=1000, check_every=100), elbo=qs[[4, 1, 2]],
+           converged=np.array([1, 0, 1], bool), steps=np.array([300, 400, 500]))   # 1 diverged
     res = invoke("summary", out, "--format", "json")
     assert res.exit_code == 0, res.output + res.stderr
     doc = json.loads(res.stdout)
@@ -204,7 +205,8 @@ def test_cli_summary_of_a_run_in_progress(tmp_path):
     for k, r in want.items():
         assert rows[k]["mean"] == (None if r["mean"] is None else pytest.approx(r["mean"], abs=1e-12)), k
     assert "iwae 6, ais 6, localopt_ffg 3" in res.stderr
-    assert "q*_ffg converged by the stopping rule for 2/3" in res.stderr
+    assert "q*_ffg converged by the stopping rule for 2/3 datapoints; of the others, 1 stopped where " \
+           "log w or its gradient turned non-finite" in res.stderr
     # --trained picks the column; a flow column without q*_Flow has no gaps
     res = invoke("summary", out, "--format", "json", "--trained", "flow")
     assert by_key(json.loads(res.stdout)["rows"])["approximation"]["mean"] is None

@@ -100,6 +100,70 @@ def test_frozen_datapoints_are_never_written_again(q):
             assert np.array_equal(fit["local"][k][i], v), (i, k)
 
 
+def _poisoned(monkeypatch, at):
+    """fit_local's gradient, with {step: (row, what)} made non-finite: what "logw" (one sample's
+    log w) or "grad" (one entry of d/dh, log w finite)."""
+    real, calls = localopt._gradient, [0]
+
+    def gradient(*args):
+        inner = real(*args)
+
+        def step(work, x, eps, out=None):
+            calls[0] += 1
+            grads, logw = inner(work, x, eps, out=out)
+            row, what = at.get(calls[0], (None, None))
+            if what == "logw":
+                logw[row, 3] = np.nan
+            elif what == "grad":
+                grads["h"][row, 0] = np.inf
+            return grads, logw
+        return step
+    monkeypatch.setattr(localopt, "_gradient", gradient)
+
+
+@pytest.mark.parametrize("q", ["ffg", "flow"])
+def test_a_row_that_turns_non_finite_stops_with_its_best_checks_parameters(monkeypatch, q):
+    """Row 0's log w turns NaN at step 250, row 1's gradient inf at step 130 (while all 4 rows
+    run, so the call number is the step): each stops there, keeps the parameters of its best
+    check before and reports that check's step; the other rows are bit for bit those of a
+    clean run. Without the guard the NaN reaches row 0's parameters and the inf row 1's."""
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=4, seed=2)
+    cfg = cfg.replace(q=q, flow_hidden=6)
+    kw = dict(max_steps=600, samples=10, lr=0.02, check_every=50, patience=100)
+    rng = lambda: [np.random.default_rng([5, i]) for i in range(4)]   # noqa: E731
+    clean = localopt.fit_local(params, cfg, get_family(cfg), x, rng(), **kw)
+    best = [50 * (1 + int(np.argmax(clean["trace"][row, :checks]))) for row, checks in ((0, 4), (1, 2))]
+    _poisoned(monkeypatch, {250: (0, "logw"), 130: (1, "grad")})
+    fit = localopt.fit_local(params, cfg, get_family(cfg), x, rng(), **kw)
+    monkeypatch.undo()
+    assert fit["steps"].tolist() == best + [600, 600] and not fit["converged"].any()
+    assert localopt.diverged(fit["steps"], fit["converged"], 600, 50).tolist() == [1, 1, 0, 0]
+    for row, at in enumerate(best):
+        early = localopt.fit_local(params, cfg, get_family(cfg), x, rng(), **{**kw, "max_steps": at})
+        for k, v in fit["local"].items():
+            assert np.isfinite(v).all() and np.array_equal(v[row], early["local"][k][row]), (row, k)
+    for k, v in fit["local"].items():
+        assert np.array_equal(v[2:], clean["local"][k][2:]), k
+    assert np.array_equal(fit["trace"][2:], clean["trace"][2:])
+
+
+def test_the_stage_saves_a_diverged_row_and_says_so(monkeypatch, tmp_path):
+    """Through the stage: the row whose log w turned NaN is saved with a finite ELBO (before the
+    guard the stage refused its block), and the note names it."""
+    cfg, params, x = lingauss.make(latent=2, data_dim=4, n=3)
+    s = dict(max_steps=400, samples=10, lr=0.02, check_every=20, patience=1000, final_samples=200,
+             block=3, seed=5)
+    _poisoned(monkeypatch, {70: (1, "logw")})
+    e = localopt.run(params, cfg, x, "ffg", tmp_path / "r.h5", s, progress=False)
+    assert np.isfinite(e["elbo"]).all() and e["steps"].tolist() == [400, e["steps"][1], 400]
+    assert 20 <= e["steps"][1] <= 60 and not e["converged"].any()
+    arrays, attrs = io.load_results(tmp_path / "r.h5", "localopt_ffg")
+    note = localopt.stop_note("ffg", arrays["converged"], arrays["steps"], attrs)
+    assert note == ("note: q*_ffg converged by the stopping rule for 0/3 datapoints; of the others, 2 "
+                    "stopped at --max-steps 400, 1 stopped where log w or its gradient turned "
+                    "non-finite, with the parameters of their best check")
+
+
 def test_local_fullcov_qstar_has_no_approximation_gap():
     cfg, params, x = lingauss.make(latent=3, data_dim=6, n=4, seed=1)
     family = get_family(cfg.replace(q="fullcov"))

@@ -132,7 +132,8 @@ def stored(path, trained_q=None):
     """The bounds results file `path` holds so far, for a table while its run goes on (or after
     it stopped): over the datapoints that every stage there holds. Returns (gap_table's input,
     the trained family (the iwae stage's, unless trained_q), {stage: datapoints held},
-    {stage: q* converged among the table's datapoints}, dict(split, dataset))."""
+    a note line for each q* stage whose rows did not all converge (localopt.stop_note), dict(split,
+    dataset))."""
     if not io.stage_seconds(path):
         raise MinivaeError(f"{path} does not exist or holds no stage: pass the --out of a "
                            "gaps, iwae, ais or localopt run")
@@ -158,11 +159,13 @@ def stored(path, trained_q=None):
     rows = {s: [at[s][i] for i in index] for s in found}
     try:
         results = {key: found[s][0][name][rows[s]] for s, name, key in _STORED if s in found}
-        converged = {s: int(found[s][0]["converged"][rows[s]].sum()) for s in found
-                     if s.startswith("localopt_")}
+        stops = [localopt.stop_note(s[len("localopt_"):], found[s][0]["converged"][rows[s]],
+                                    found[s][0]["steps"][rows[s]], found[s][1])
+                 for s in found if s.startswith("localopt_")]
     except KeyError as e:
         raise MinivaeError(f"a stage of {path} lacks its {e} array (damaged, or not written by "
                            "minivae): rerun that stage into another --out")
     attrs = next(iter(found.values()))[1]
-    return (results, trained_q, {s: len(a["index"]) for s, (a, _) in found.items()}, converged,
+    return (results, trained_q, {s: len(a["index"]) for s, (a, _) in found.items()},
+            [line for line in stops if line],
             dict(split=str(attrs.get("split")), dataset=str(attrs.get("dataset"))))

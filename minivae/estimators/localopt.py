@@ -8,6 +8,14 @@ compared with the best mean so far; a datapoint stops after `patience` checks in
 improvement (or at `max_steps`, rounded down to a multiple of `check_every`). A stopped
 datapoint leaves the working set (its rows are compacted away), so it costs nothing further
 and its parameters are never written again. Blocks are saved as they finish, so a run resumes.
+
+Divergence: a flow q* from N(0, I) can, rarely, run away after thousands of sound steps (one
+tail sample drives the unbounded contraction and r's precision up, Adam follows its huge
+gradient, and within tens of steps log w leaves float32's range). A datapoint whose log w or
+gradient turns non-finite takes no step on it; it stops at once with the parameters of its
+best check (the initial ones before the first), and its `steps` is that check's step: such a
+row is the one with converged False and steps below the last step (`diverged`). Rows that
+never diverge are unaffected, bit for bit, so results made before this rule stand.
 """
 import numpy as np
 
@@ -80,40 +88,53 @@ def fit_local(params, cfg, family, x, rngs, max_steps=20000, samples=100, lr=1e-
 
     rows = np.arange(n)                                   # datapoints still running
     work = _Rows(local, xp)                               # their parameters, compacted
+    kept = _Rows(local, xp)                               # ... at their best check
+    best_step = np.zeros(n, np.int64)
     g, m, v = (_Rows(local, xp, copy=False) for _ in range(3))    # gradients, Adam moments
     t = xp.zeros(n, dtype=xp.int64)                       # Adam step counts
     xa, on = x, xp.ones(n, dtype=bool)
     window = xp.zeros((n, check_every))                   # ELBOs since the last check
     gradient = ((impl != "ref" and _fast_gradient(params, cfg, family, x, samples))
                 or _gradient(params, cfg, family, impl))
-    for step in range(1, n_checks * check_every + 1):
+    last = n_checks * check_every
+    for step in range(1, last + 1):
         eps = normal_rows([rngs[i] for i in rows], (samples, family.noise_dim), xa)
-        _, logw = gradient(work.views, xa, eps, out=g.views)
+        with np.errstate(over="ignore", invalid="ignore"):     # caught just below
+            _, logw = gradient(work.views, xa, eps, out=g.views)
+        blown = ~to_numpy(xp.isfinite(logw).all(1) & xp.isfinite(g.flat).all(1))
+        if blown.any():
+            on[xp.asarray(np.flatnonzero(blown))] = False  # no step on it: it stops below
         adam = dict(m={"rows": m.flat}, v={"rows": v.flat}, t=t)
         batched_adam_step({"rows": work.flat}, {"rows": g.flat}, adam, lr, on, impl=impl)
         window[:, (step - 1) % check_every] = logw.mean(1)
-        if step % check_every:
-            continue
-        mean = to_numpy(window.mean(1))
-        trace[rows, step // check_every - 1] = mean
-        better = mean > best[rows]
-        best[rows] = np.where(better, mean, best[rows])
-        bad[rows] = np.where(better, 0, bad[rows] + 1)
-        stop = bad[rows] >= patience
-        converged[rows[stop]] = True
-        if step == n_checks * check_every:
-            stop[:] = True
+        stop = blown
+        if step % check_every == 0:
+            mean = to_numpy(window.mean(1))
+            sound = rows[~blown]
+            trace[sound, step // check_every - 1] = mean[~blown]
+            better = ~blown & (mean > best[rows])
+            if better.any():
+                sel = xp.asarray(np.flatnonzero(better))
+                kept.flat[sel] = work.flat[sel]
+                best[rows[better]], best_step[rows[better]] = mean[better], step
+            bad[rows] = np.where(better, 0, bad[rows] + 1)
+            done = ~blown & (bad[rows] >= patience)
+            converged[rows[done]] = True
+            stop = blown | done | (step == last)
         if stop.any():
-            steps[rows[stop]] = step
-            sel, kept = xp.asarray(np.flatnonzero(stop)), np.flatnonzero(~stop)
+            steps[rows[stop]] = np.where(blown[stop], best_step[rows[stop]], step)
+            if blown.any():
+                sel = xp.asarray(np.flatnonzero(blown))
+                work.flat[sel] = kept.flat[sel]
+            sel, keep_at = xp.asarray(np.flatnonzero(stop)), np.flatnonzero(~stop)
             for k in local:
                 local[k][xp.asarray(rows[stop])] = work.views[k][sel]
-            rows, keep = rows[~stop], xp.asarray(kept)
-            for r in (work, m, v):
-                r.take(kept)
-            g.take(kept, values=False)
+            rows, keep = rows[~stop], xp.asarray(keep_at)
+            for r in (work, kept, m, v):
+                r.take(keep_at)
+            g.take(keep_at, values=False)
             xa, on, window, t = xa[keep], on[keep], window[keep], t[keep]
-        if on_check is not None:
+        if step % check_every == 0 and on_check is not None:
             on_check(step, rows, local)
         if not len(rows):
             break
@@ -255,3 +276,25 @@ def run(params, cfg, x, q, out, settings=None, meta=None, progress=True, runner=
     shared = dict(params=params, cfg=cfg, x=x, q=q, s=s)
     return stages.run(out, f"localopt_{q}", settings, len(x), s["block"], compute, shared,
                       finite=("elbo",), progress=progress, runner=runner, what=f"localopt {q} datapoints")
+
+
+def diverged(steps, converged, max_steps, check_every):
+    """The rows that stopped at a non-finite step with their best check's parameters (see the
+    module docstring): not converged, and stopped before the last step."""
+    return ~np.asarray(converged, bool) & (np.asarray(steps) < max_steps // check_every * check_every)
+
+
+def stop_note(q, converged, steps, settings):
+    """One line on how the rows of stage localopt_<q> stopped, or None when all converged by
+    the stopping rule. settings: the stage's (max_steps, check_every)."""
+    conv = np.asarray(converged, bool)
+    if conv.all():
+        return None
+    div = diverged(steps, conv, int(settings["max_steps"]), int(settings["check_every"]))
+    parts = [f"{int((~conv & ~div).sum())} stopped at --max-steps {int(settings['max_steps'])}"] \
+        if (~conv & ~div).any() else []
+    if div.any():
+        parts.append(f"{int(div.sum())} stopped where log w or its gradient turned non-finite, "
+                     "with the parameters of their best check")
+    return (f"note: q*_{q} converged by the stopping rule for {int(conv.sum())}/{len(conv)} "
+            f"datapoints; of the others, {', '.join(parts)}")
