@@ -116,7 +116,12 @@ QSTAR_DIFFERENCES = [
     "- q*_Flow: the authors' local flow has a per-sample v0 Gaussian, Z-200-200-2Z nets for q(z0|v0) "
     "and r(vT|zT), coupling nets with 200 tanh units, and optimises the nets' weights but not their "
     "biases; minivae's q*_Flow is the paper's flow family (the trained model's architecture) with "
-    "every parameter fitted per datapoint.",
+    "every parameter fitted per datapoint;",
+    "- a fit that turns non-finite: the authors' scripts average L[q*] over batches with "
+    "np.nanmean, so a batch whose fit went NaN (local_ffg.py: 100 datapoints; local_flow.py: one) "
+    "drops out of the mean; minivae stops such a datapoint at its "
+    "first non-finite log w or gradient, keeps the parameters of its best check, and counts it in "
+    "the mean (the gaps command's note says how many).",
 ]
 
 
