@@ -205,8 +205,8 @@ def test_cli_summary_of_a_run_in_progress(tmp_path):
     for k, r in want.items():
         assert rows[k]["mean"] == (None if r["mean"] is None else pytest.approx(r["mean"], abs=1e-12)), k
     assert "iwae 6, ais 6, localopt_ffg 3" in res.stderr
-    assert "q*_ffg converged by the stopping rule for 2/3 datapoints; of the others, 1 stopped where " \
-           "log w or its gradient turned non-finite" in res.stderr
+    assert "q*_ffg converged by the stopping rule for 2/3 datapoints; of the others, 1 stopped early " \
+           "where log w or its gradient turned non-finite" in res.stderr
     # --trained picks the column; a flow column without q*_Flow has no gaps
     res = invoke("summary", out, "--format", "json", "--trained", "flow")
     assert by_key(json.loads(res.stdout)["rows"])["approximation"]["mean"] is None

@@ -122,29 +122,30 @@ def _poisoned(monkeypatch, at):
 
 
 @pytest.mark.parametrize("q", ["ffg", "flow"])
-def test_a_row_that_turns_non_finite_stops_with_its_best_checks_parameters(monkeypatch, q):
-    """Row 0's log w turns NaN at step 250, row 1's gradient inf at step 130 (while all 4 rows
-    run, so the call number is the step): each stops there, keeps the parameters of its best
-    check before and reports that check's step; the other rows are bit for bit those of a
-    clean run. Without the guard the NaN reaches row 0's parameters and the inf row 1's."""
+def test_a_stopped_row_keeps_its_best_checks_parameters(monkeypatch, q):
+    """Every row returns the parameters of its best check: those of a run cut off right there.
+    Row 0's log w turns NaN at step 250, row 1's gradient inf at step 130 (while all 4 rows run,
+    the call number is the step): each stops there (steps 250, 130); the others run on, bit for
+    bit as in a clean run. Before, a row kept its last step's parameters, and the NaN reached
+    row 0's and the inf row 1's."""
     cfg, params, x = lingauss.make(latent=2, data_dim=4, n=4, seed=2)
     cfg = cfg.replace(q=q, flow_hidden=6)
-    kw = dict(max_steps=600, samples=10, lr=0.02, check_every=50, patience=100)
+    kw = dict(max_steps=600, samples=10, lr=0.02, check_every=50, patience=4)
     rng = lambda: [np.random.default_rng([5, i]) for i in range(4)]   # noqa: E731
     clean = localopt.fit_local(params, cfg, get_family(cfg), x, rng(), **kw)
-    best = [50 * (1 + int(np.argmax(clean["trace"][row, :checks]))) for row, checks in ((0, 4), (1, 2))]
     _poisoned(monkeypatch, {250: (0, "logw"), 130: (1, "grad")})
     fit = localopt.fit_local(params, cfg, get_family(cfg), x, rng(), **kw)
     monkeypatch.undo()
-    assert fit["steps"].tolist() == best + [600, 600] and not fit["converged"].any()
+    assert fit["steps"][:2].tolist() == [250, 130] and not fit["converged"][:2].any()
     assert localopt.diverged(fit["steps"], fit["converged"], 600, 50).tolist() == [1, 1, 0, 0]
-    for row, at in enumerate(best):
-        early = localopt.fit_local(params, cfg, get_family(cfg), x, rng(), **{**kw, "max_steps": at})
+    assert np.array_equal(fit["steps"][2:], clean["steps"][2:])
+    assert np.array_equal(fit["trace"][2:], clean["trace"][2:], equal_nan=True)
+    for row, checks in ((0, 4), (1, 2), (2, None), (3, None)):
+        at = 50 * (1 + int(np.nanargmax((fit if checks else clean)["trace"][row, :checks])))
+        assert at < fit["steps"][row] or checks
+        cut = localopt.fit_local(params, cfg, get_family(cfg), x, rng(), **{**kw, "max_steps": at})
         for k, v in fit["local"].items():
-            assert np.isfinite(v).all() and np.array_equal(v[row], early["local"][k][row]), (row, k)
-    for k, v in fit["local"].items():
-        assert np.array_equal(v[2:], clean["local"][k][2:]), k
-    assert np.array_equal(fit["trace"][2:], clean["trace"][2:])
+            assert np.isfinite(v).all() and np.array_equal(v[row], cut["local"][k][row]), (row, k)
 
 
 def test_the_stage_saves_a_diverged_row_and_says_so(monkeypatch, tmp_path):
@@ -155,13 +156,13 @@ def test_the_stage_saves_a_diverged_row_and_says_so(monkeypatch, tmp_path):
              block=3, seed=5)
     _poisoned(monkeypatch, {70: (1, "logw")})
     e = localopt.run(params, cfg, x, "ffg", tmp_path / "r.h5", s, progress=False)
-    assert np.isfinite(e["elbo"]).all() and e["steps"].tolist() == [400, e["steps"][1], 400]
-    assert 20 <= e["steps"][1] <= 60 and not e["converged"].any()
+    assert np.isfinite(e["elbo"]).all() and e["steps"].tolist() == [400, 70, 400]
+    assert not e["converged"].any()
     arrays, attrs = io.load_results(tmp_path / "r.h5", "localopt_ffg")
     note = localopt.stop_note("ffg", arrays["converged"], arrays["steps"], attrs)
     assert note == ("note: q*_ffg converged by the stopping rule for 0/3 datapoints; of the others, 2 "
-                    "stopped at --max-steps 400, 1 stopped where log w or its gradient turned "
-                    "non-finite, with the parameters of their best check")
+                    "stopped at --max-steps 400, 1 stopped early where log w or its gradient turned "
+                    "non-finite")
 
 
 def test_local_fullcov_qstar_has_no_approximation_gap():

@@ -3,19 +3,23 @@
 All datapoints of a block form ONE batched problem: h (N, P) and the family's per-datapoint
 nets (leading axis N) take Adam steps together, one Adam state per datapoint; the decoder is
 fixed. The parameters, gradients and moments are views of flat (N, P) buffers (_Rows), so the
-Adam step is one kernel call. Stopping rule: every `check_every` steps the mean of the last `check_every` ELBOs is
-compared with the best mean so far; a datapoint stops after `patience` checks in a row without
-improvement (or at `max_steps`, rounded down to a multiple of `check_every`). A stopped
-datapoint leaves the working set (its rows are compacted away), so it costs nothing further
-and its parameters are never written again. Blocks are saved as they finish, so a run resumes.
+Adam step is one kernel call. Stopping rule: every `check_every` steps the mean of the last
+`check_every` ELBOs is compared with the best mean so far; a datapoint stops after `patience`
+checks in a row without improvement (or at `max_steps`, rounded down to a multiple of
+`check_every`), with the parameters of its best check. A stopped datapoint leaves the working set
+(its rows are compacted away), so it costs nothing further and its parameters are never written
+again. Blocks are saved as they finish, so a run resumes.
 
-Divergence: a flow q* from N(0, I) can, rarely, run away after thousands of sound steps (one
-tail sample drives the unbounded contraction and r's precision up, Adam follows its huge
-gradient, and within tens of steps log w leaves float32's range). A datapoint whose log w or
-gradient turns non-finite takes no step on it; it stops at once with the parameters of its
-best check (the initial ones before the first), and its `steps` is that check's step: such a
-row is the one with converged False and steps below the last step (`diverged`). Rows that
-never diverge are unaffected, bit for bit, so results made before this rule stand.
+Why the best check, not the last step (the authors' scripts keep the last): a flow q* from
+N(0, I) can, rarely, run away after thousands of sound steps. One tail sample's log w falls by
+orders of magnitude (the coupling's contraction and r's precision are unbounded), Adam follows
+its huge gradient, and the fit either leaves float32's range within tens of steps or ends,
+finite, hundreds of nats below its best, where the stopping rule then stops it. Keeping the best
+check returns the q* the fit had found; for a fit that did not run away, the best check and the
+last step lie within the window means' noise. A datapoint whose log w or gradient turns
+non-finite takes no step on it and stops at once (the initial parameters, if before its first
+check): it is the row with converged False and steps below the last step (`diverged`).
+(Until 2026-12-06 a stopped row kept its last step's parameters.)
 """
 import numpy as np
 
@@ -65,8 +69,9 @@ class _Rows:
 def fit_local(params, cfg, family, x, rngs, max_steps=20000, samples=100, lr=1e-3,
               check_every=100, patience=10, on_check=None, h0=None, impl="auto"):
     """Maximise each row's ELBO over its own q: x (N, D) -> dict(local params (N, ...) under
-    "h" and the family's `q.*` keys, steps (N,), converged (N,), trace (N, max_steps // check_every)
-    of the window-mean ELBO at each check, NaN after the stop). on_check(step, rows, local).
+    "h" and the family's `q.*` keys, each row's at its best check), steps (N,), converged (N,),
+    trace (N, max_steps // check_every) of the window-mean ELBO at each check, NaN after the
+    stop). on_check(step, rows, local).
     h0: starting h (N, P) instead of the family's N(0, I) (see `encoder_init`).
     impl="auto": the fused paths where they apply (with an ELU/Bernoulli decoder:
     fastpath.QStarFFG, fused_flow.QStarFlow, fused_fullcov.QStarFullCov; else the dz-only
@@ -89,7 +94,6 @@ def fit_local(params, cfg, family, x, rngs, max_steps=20000, samples=100, lr=1e-
     rows = np.arange(n)                                   # datapoints still running
     work = _Rows(local, xp)                               # their parameters, compacted
     kept = _Rows(local, xp)                               # ... at their best check
-    best_step = np.zeros(n, np.int64)
     g, m, v = (_Rows(local, xp, copy=False) for _ in range(3))    # gradients, Adam moments
     t = xp.zeros(n, dtype=xp.int64)                       # Adam step counts
     xa, on = x, xp.ones(n, dtype=bool)
@@ -116,17 +120,15 @@ def fit_local(params, cfg, family, x, rngs, max_steps=20000, samples=100, lr=1e-
             if better.any():
                 sel = xp.asarray(np.flatnonzero(better))
                 kept.flat[sel] = work.flat[sel]
-                best[rows[better]], best_step[rows[better]] = mean[better], step
+                best[rows[better]] = mean[better]
             bad[rows] = np.where(better, 0, bad[rows] + 1)
             done = ~blown & (bad[rows] >= patience)
             converged[rows[done]] = True
             stop = blown | done | (step == last)
         if stop.any():
-            steps[rows[stop]] = np.where(blown[stop], best_step[rows[stop]], step)
-            if blown.any():
-                sel = xp.asarray(np.flatnonzero(blown))
-                work.flat[sel] = kept.flat[sel]
+            steps[rows[stop]] = step
             sel, keep_at = xp.asarray(np.flatnonzero(stop)), np.flatnonzero(~stop)
+            work.flat[sel] = kept.flat[sel]                 # the best check's parameters
             for k in local:
                 local[k][xp.asarray(rows[stop])] = work.views[k][sel]
             rows, keep = rows[~stop], xp.asarray(keep_at)
@@ -279,8 +281,8 @@ def run(params, cfg, x, q, out, settings=None, meta=None, progress=True, runner=
 
 
 def diverged(steps, converged, max_steps, check_every):
-    """The rows that stopped at a non-finite step with their best check's parameters (see the
-    module docstring): not converged, and stopped before the last step."""
+    """The rows that stopped at a non-finite step (see the module docstring): not converged, and
+    stopped before the last step."""
     return ~np.asarray(converged, bool) & (np.asarray(steps) < max_steps // check_every * check_every)
 
 
@@ -294,7 +296,6 @@ def stop_note(q, converged, steps, settings):
     parts = [f"{int((~conv & ~div).sum())} stopped at --max-steps {int(settings['max_steps'])}"] \
         if (~conv & ~div).any() else []
     if div.any():
-        parts.append(f"{int(div.sum())} stopped where log w or its gradient turned non-finite, "
-                     "with the parameters of their best check")
+        parts.append(f"{int(div.sum())} stopped early where log w or its gradient turned non-finite")
     return (f"note: q*_{q} converged by the stopping rule for {int(conv.sum())}/{len(conv)} "
             f"datapoints; of the others, {', '.join(parts)}")

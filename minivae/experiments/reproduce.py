@@ -117,11 +117,12 @@ QSTAR_DIFFERENCES = [
     "and r(vT|zT), coupling nets with 200 tanh units, and optimises the nets' weights but not their "
     "biases; minivae's q*_Flow is the paper's flow family (the trained model's architecture) with "
     "every parameter fitted per datapoint;",
-    "- a fit that turns non-finite: the authors' scripts average L[q*] over batches with "
-    "np.nanmean, so a batch whose fit went NaN (local_ffg.py: 100 datapoints; local_flow.py: one) "
-    "drops out of the mean; minivae stops such a datapoint at its "
-    "first non-finite log w or gradient, keeps the parameters of its best check, and counts it in "
-    "the mean (the gaps command's note says how many).",
+    "- which parameters a stopped q* keeps: the authors' scripts keep the last step's and average "
+    "L[q*] over batches with np.nanmean, so a batch whose fit went NaN (local_ffg.py: 100 "
+    "datapoints; local_flow.py: one) drops out of the mean; minivae keeps each datapoint's best "
+    "check (so a fit that runs away late keeps what it had found), stops a datapoint at its first "
+    "non-finite log w or gradient, and counts every datapoint in the mean (the gaps command's note "
+    "says how many stopped that way).",
 ]
 
 
