@@ -114,8 +114,7 @@ def fit_local(params, cfg, family, x, rngs, max_steps=20000, samples=100, lr=1e-
         stop = blown
         if step % check_every == 0:
             mean = to_numpy(window.mean(1))
-            sound = rows[~blown]
-            trace[sound, step // check_every - 1] = mean[~blown]
+            trace[rows[~blown], step // check_every - 1] = mean[~blown]
             better = ~blown & (mean > best[rows])
             if better.any():
                 sel = xp.asarray(np.flatnonzero(better))
@@ -128,9 +127,8 @@ def fit_local(params, cfg, family, x, rngs, max_steps=20000, samples=100, lr=1e-
         if stop.any():
             steps[rows[stop]] = step
             sel, keep_at = xp.asarray(np.flatnonzero(stop)), np.flatnonzero(~stop)
-            work.flat[sel] = kept.flat[sel]                 # the best check's parameters
-            for k in local:
-                local[k][xp.asarray(rows[stop])] = work.views[k][sel]
+            for k in local:                                # the best check's parameters
+                local[k][xp.asarray(rows[stop])] = kept.views[k][sel]
             rows, keep = rows[~stop], xp.asarray(keep_at)
             for r in (work, kept, m, v):
                 r.take(keep_at)
