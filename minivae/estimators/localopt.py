@@ -291,8 +291,9 @@ def stop_note(q, converged, steps, settings):
     if conv.all():
         return None
     div = diverged(steps, conv, int(settings["max_steps"]), int(settings["check_every"]))
-    parts = [f"{int((~conv & ~div).sum())} stopped at --max-steps {int(settings['max_steps'])}"] \
-        if (~conv & ~div).any() else []
+    parts = []
+    if (~conv & ~div).any():
+        parts.append(f"{int((~conv & ~div).sum())} stopped at --max-steps {int(settings['max_steps'])}")
     if div.any():
         parts.append(f"{int(div.sum())} stopped early where log w or its gradient turned non-finite")
     return (f"note: q*_{q} converged by the stopping rule for {int(conv.sum())}/{len(conv)} "
