@@ -95,14 +95,23 @@ RETRIES = 3   # resubmissions of one block whose task the cluster cancelled (a w
 
 def runner(client):
     """A stages.run runner that sends each block to the cluster as one task and yields the
-    blocks as they finish; an interrupt cancels what is still queued. A block whose task the
-    scheduler cancels (its scattered inputs died with a worker) is sent again with the inputs
-    scattered anew, up to RETRIES times: blocks are seeded per datapoint, so nothing changes."""
+    blocks as they finish; each worker starts the blocks it holds in the order of `work`, and
+    an interrupt cancels what is still queued. A block whose task the scheduler cancels (its
+    scattered inputs died with a worker) is sent again with the inputs scattered anew, up to
+    RETRIES times: blocks are seeded per datapoint, so nothing changes."""
     def run_blocks(fn, shared, work, progress):
         if not work:
             return
         data = _scatter(client, shared)
-        futures = {client.submit(_run, fn, index, data, pure=False): index for index in work}
+        # Dask ties the priorities of tasks submitted within its fifo_timeout and runs those in
+        # no set order; one priority per block, falling along `work`, makes a stopped run leave
+        # the first datapoints done
+        rank = {int(index[0]): -k for k, index in enumerate(work)}
+
+        def send(index):
+            return client.submit(_run, fn, index, data, pure=False, priority=rank[int(index[0])])
+
+        futures = {send(index): index for index in work}
         tries = {}
         try:
             pending = as_completed(futures)
@@ -116,7 +125,7 @@ def runner(client):
                     if tries[key] > RETRIES:
                         raise
                     data = _scatter(client, shared)
-                    again = client.submit(_run, fn, index, data, pure=False)
+                    again = send(index)
                     futures[again] = index
                     pending.add(again)
                     continue

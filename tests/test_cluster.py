@@ -100,6 +100,26 @@ def test_a_cancelled_block_is_sent_again(client, tmp_path, monkeypatch):
     np.testing.assert_array_equal(got["elbo"], serial["elbo"])
 
 
+def test_the_blocks_are_sent_in_the_order_of_the_work(client, monkeypatch):
+    """Dask ties the priorities of tasks submitted within its fifo_timeout (100 ms) and runs
+    those in no set order: a 2-worker q* run did blocks 820-859 before 120-819. Each block's task
+    must rank strictly after the one before it on the scheduler (a lower tuple runs first)."""
+    from minivae import cluster
+    submit, sent = client.submit, []
+    monkeypatch.setattr(client, "submit", lambda *a, **kw: sent.append(submit(*a, **kw)) or sent[-1])
+    work = [np.arange(2 * k, 2 * k + 2) for k in range(8)]
+    done = list(cluster.runner(client)(_first_index, {"a": np.zeros(2)}, work, None))
+    assert sorted(int(i[0]) for i, _ in done) == list(range(0, 16, 2))
+    keys = [f.key for f in sent]
+    prio = client.run_on_scheduler(lambda dask_scheduler: [dask_scheduler.tasks[k].priority
+                                                           for k in keys])
+    assert all(a < b for a, b in zip(prio, prio[1:])), prio
+
+
+def _first_index(index, progress=None, **shared):
+    return {"first": index[:1]}
+
+
 def test_cli_gaps_with_workers_equals_the_serial_run(tiny_ckpt, tmp_path):
     args = ["gaps", tiny_ckpt, "--n", "4", "--k", "8", "--chains", "2", "--steps", "4", "--leapfrog", "1",
             "--block", "2", "--localopt-block", "2", "--qstar", "ffg", "--max-steps", "40",
