@@ -95,7 +95,7 @@ RETRIES = 3   # resubmissions of one block whose task the cluster cancelled (a w
 
 def runner(client):
     """A stages.run runner that sends each block to the cluster as one task and yields the
-    blocks as they finish; each worker starts the blocks it holds in the order of `work`, and
+    blocks as they finish; each worker starts the blocks it holds in datapoint order, and
     an interrupt cancels what is still queued. A block whose task the scheduler cancels (its
     scattered inputs died with a worker) is sent again with the inputs scattered anew, up to
     RETRIES times: blocks are seeded per datapoint, so nothing changes."""
@@ -104,12 +104,10 @@ def runner(client):
             return
         data = _scatter(client, shared)
         # Dask ties the priorities of tasks submitted within its fifo_timeout and runs those in
-        # no set order; one priority per block, falling along `work`, makes a stopped run leave
-        # the first datapoints done
-        rank = {int(index[0]): -k for k, index in enumerate(work)}
-
+        # no set order; a priority falling with the block's first datapoint (`work` is sorted)
+        # makes a stopped run leave the first datapoints done
         def send(index):
-            return client.submit(_run, fn, index, data, pure=False, priority=rank[int(index[0])])
+            return client.submit(_run, fn, index, data, pure=False, priority=-int(index[0]))
 
         futures = {send(index): index for index in work}
         tries = {}
